@@ -1,0 +1,90 @@
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_tipsv2")
+class TIPSv2Attention(keras.layers.Layer):
+    """Multi-head self-attention with one fused `qkv` projection.
+
+    One fused (D, 3D) kernel ports the official PyTorch `qkv` weight 1:1 and
+    costs one matmul instead of three. The query is scaled by `hd^-0.5`
+    before `q @ k^T`, as in both reference implementations.
+
+    Args:
+        hidden_dim: model width D.
+        num_heads: number of heads H; `hidden_dim` must divide by it.
+        dtype: dtype policy.
+
+    Call arguments:
+        inputs: (B, N, D).
+        key_mask: optional (B, N) bool/int, 1 = a real key. Masked keys get
+            the dtype's most negative logit instead of -inf, so a row whose
+            keys are all padding attends uniformly and stays finite (the
+            PyTorch reference returns NaN there).
+        values_only: the MaskCLIP "values trick": the attention matrix is
+            replaced by the identity, so each token gets its own value
+            vector through the output projection.
+    """
+
+    def __init__(self, hidden_dim, num_heads, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"hidden_dim={hidden_dim} is not divisible by num_heads={num_heads}."
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.qkv = keras.layers.Dense(
+            3 * hidden_dim, dtype=self.dtype_policy, name="qkv"
+        )
+        self.proj = keras.layers.Dense(
+            hidden_dim, dtype=self.dtype_policy, name="proj"
+        )
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape[:-1] + (self.hidden_dim,))
+
+    def _split_heads(self, x):
+        # (B, N, D) -> (B, N, H, hd)
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], shape[1], self.num_heads, self.head_dim))
+
+    def call(self, inputs, key_mask=None, values_only=False):
+        qkv = self.qkv(inputs)
+        q, k, v = ops.split(qkv, 3, axis=-1)
+        if values_only:
+            return self.proj(v)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        if key_mask is None:
+            # No mask: let the backend pick its fused kernel (flash attention
+            # on GPU/TPU, XLA's fused path on CPU).
+            out = ops.dot_product_attention(
+                q, k, v, scale=self.head_dim**-0.5
+            )
+        else:
+            logits = ops.einsum("bqhd,bkhd->bhqk", q * self.head_dim**-0.5, k)
+            allowed = ops.cast(key_mask, "bool")[:, None, None, :]
+            logits = ops.where(
+                allowed, logits, ops.cast(_most_negative(logits.dtype), logits.dtype)
+            )
+            weights = ops.softmax(logits, axis=-1)
+            out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+        shape = ops.shape(out)
+        out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
+        return self.proj(out)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"hidden_dim": self.hidden_dim, "num_heads": self.num_heads})
+        return config
+
+
+def _most_negative(dtype):
+    # Large enough to zero a softmax term in every float dtype, small enough
+    # not to overflow float16 / bfloat16.
+    return -3.0e4 if "16" in str(dtype) else -1.0e9

@@ -1,0 +1,186 @@
+import keras
+from keras import ops
+
+from keras_tipsv2.layers.attention import TIPSv2Attention
+from keras_tipsv2.layers.drop_path import DropPath
+
+MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+
+
+@keras.saving.register_keras_serializable(package="keras_tipsv2")
+class LayerScale(keras.layers.Layer):
+    """Per-channel scale of a residual branch (DINOv2's `ls1` / `ls2`)."""
+
+    def __init__(self, hidden_dim, init_value=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.init_value = init_value
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            shape=(self.hidden_dim,),
+            initializer=keras.initializers.Constant(self.init_value),
+            name="gamma",
+        )
+
+    def call(self, inputs):
+        return inputs * ops.cast(self.gamma, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"hidden_dim": self.hidden_dim, "init_value": self.init_value})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_tipsv2")
+class TIPSv2VisionMLP(keras.layers.Layer):
+    """The vision feed-forward: GELU MLP, or SwiGLU for g/14.
+
+    `"gelu"` is exact (erf) GELU as in the official PyTorch code;
+    `"gelu_tanh"` is the tanh approximation, Flax's default, which the Scenic
+    code uses. SwiGLU computes `W3(silu(Wg x) * (Wv x))` with the gate
+    branch first, the PyTorch `w12` packing; `intermediate_dim` is the width
+    of each branch (4096 for g/14).
+    """
+
+    def __init__(self, hidden_dim, intermediate_dim, activation="gelu", **kwargs):
+        super().__init__(**kwargs)
+        if activation not in MLP_ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {MLP_ACTIVATIONS}; got {activation!r}."
+            )
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.activation = activation
+        width = 2 * intermediate_dim if activation == "swiglu" else intermediate_dim
+        self.fc1 = keras.layers.Dense(width, dtype=self.dtype_policy, name="fc1")
+        self.fc2 = keras.layers.Dense(hidden_dim, dtype=self.dtype_policy, name="fc2")
+
+    def build(self, input_shape):
+        self.fc1.build(input_shape)
+        self.fc2.build(input_shape[:-1] + (self.intermediate_dim,))
+
+    def call(self, inputs):
+        x = self.fc1(inputs)
+        if self.activation == "swiglu":
+            gate, value = ops.split(x, 2, axis=-1)
+            x = ops.silu(gate) * value
+        else:
+            x = ops.gelu(x, approximate=self.activation == "gelu_tanh")
+        return self.fc2(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "activation": self.activation,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_tipsv2")
+class TIPSv2VisionBlock(keras.layers.Layer):
+    """Pre-LN ViT block: x + LS1(Attn(LN1 x)), then x + LS2(MLP(LN2 x)).
+
+    Args:
+        hidden_dim, num_heads, intermediate_dim: block shape.
+        mlp_activation: "gelu" | "gelu_tanh" | "swiglu".
+        layer_scale: keep LayerScale multipliers (the official PyTorch
+            checkpoints carry them; the Scenic ones do not).
+        drop_path_rate: stochastic depth rate, used only when training.
+        layer_norm_epsilon: 1e-6 in both references.
+
+    Call arguments:
+        inputs: (B, N, D).
+        values_trick: None for the normal block. "values" is the TIPS
+            zero-shot protocol (attention replaced by its value path,
+            residual and MLP kept); "values_no_residual" is MaskCLIP's
+            original form (the value path alone, no residual, no MLP).
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        intermediate_dim,
+        mlp_activation="gelu",
+        layer_scale=False,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.mlp_activation = mlp_activation
+        self.layer_scale = layer_scale
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
+        )
+        self.attention = TIPSv2Attention(
+            hidden_dim, num_heads, dtype=policy, name="attention"
+        )
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
+        )
+        self.mlp = TIPSv2VisionMLP(
+            hidden_dim, intermediate_dim, mlp_activation, dtype=policy, name="mlp"
+        )
+        if layer_scale:
+            self.ls1 = LayerScale(hidden_dim, dtype=policy, name="ls1")
+            self.ls2 = LayerScale(hidden_dim, dtype=policy, name="ls2")
+        self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
+
+    def build(self, input_shape):
+        for layer in (self.norm1, self.attention, self.norm2, self.mlp):
+            layer.build(input_shape)
+        if self.layer_scale:
+            self.ls1.build(input_shape)
+            self.ls2.build(input_shape)
+
+    def _scaled(self, x, which):
+        return getattr(self, which)(x) if self.layer_scale else x
+
+    def call(self, inputs, training=False, values_trick=None):
+        if values_trick not in (None, "values", "values_no_residual"):
+            raise ValueError(f"Unknown values_trick {values_trick!r}.")
+        branch = self.attention(
+            self.norm1(inputs), values_only=values_trick is not None
+        )
+        branch = self._scaled(branch, "ls1")
+        if values_trick == "values_no_residual":
+            return branch
+        x = inputs + self.drop_path(branch, training=training)
+        branch = self._scaled(self.mlp(self.norm2(x)), "ls2")
+        return x + self.drop_path(branch, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "mlp_activation": self.mlp_activation,
+                "layer_scale": self.layer_scale,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,158 @@
+import keras
+from keras import ops
+
+from keras_tipsv2.layers.vision_block import TIPSv2VisionBlock
+from keras_tipsv2.layers.vision_embedding import TIPSv2VisionEmbedding
+
+
+@keras.saving.register_keras_serializable(package="keras_tipsv2")
+class TIPSv2VisionEncoder(keras.layers.Layer):
+    """The TIPSv2 image tower: embedding, pre-LN blocks, final LayerNorm.
+
+    Returns `{"cls_tokens": (B, k, D), "patch_tokens": (B, h, w, D)}`, both
+    after the final norm. Holds the ways the library runs the tower besides
+    the plain forward: with iBOT masks, with the MaskCLIP values trick in the
+    last block, and with intermediate outputs for the DPT heads.
+    """
+
+    def __init__(
+        self,
+        patch_size,
+        hidden_dim,
+        num_layers,
+        num_heads,
+        intermediate_dim,
+        mlp_activation="gelu",
+        num_cls_tokens=2,
+        position_grid=(32, 32),
+        layer_norm_epsilon=1e-6,
+        layer_scale=False,
+        drop_path_rate=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.mlp_activation = mlp_activation
+        self.num_cls_tokens = num_cls_tokens
+        self.position_grid = tuple(position_grid)
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.layer_scale = layer_scale
+        self.drop_path_rate = drop_path_rate
+        policy = self.dtype_policy
+        self.embedding = TIPSv2VisionEmbedding(
+            hidden_dim,
+            patch_size=patch_size,
+            num_cls_tokens=num_cls_tokens,
+            position_grid=self.position_grid,
+            dtype=policy,
+            name="embedding",
+        )
+        self.blocks = [
+            TIPSv2VisionBlock(
+                hidden_dim,
+                num_heads,
+                intermediate_dim,
+                mlp_activation=mlp_activation,
+                layer_scale=layer_scale,
+                # Linear stochastic-depth schedule over depth (Scenic's).
+                drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=policy,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="norm"
+        )
+
+    def build(self, input_shape):
+        self.embedding.build(input_shape)
+        token_shape = (None, None, self.hidden_dim)
+        for block in self.blocks:
+            block.build(token_shape)
+        self.norm.build(token_shape)
+
+    def _split(self, tokens, grid):
+        """Splits (B, k + h*w, D) tokens into CLS tokens and a patch grid."""
+        batch = ops.shape(tokens)[0]
+        h, w = grid
+        return {
+            "cls_tokens": tokens[:, : self.num_cls_tokens],
+            "patch_tokens": ops.reshape(
+                tokens[:, self.num_cls_tokens :], (batch, h, w, self.hidden_dim)
+            ),
+        }
+
+    def _grid(self, images):
+        shape = ops.shape(images)
+        p = self.patch_size
+        return (shape[1] + p - 1) // p, (shape[2] + p - 1) // p
+
+    def call(self, images, masks=None, training=False, values_trick=None):
+        x = self.embedding(images, masks=masks)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(
+                x,
+                training=training,
+                values_trick=values_trick if i == last else None,
+            )
+        return self._split(self.norm(x), self._grid(images))
+
+    def intermediate_layers(self, images, indices):
+        """Outputs of the blocks at 0-based `indices`, each final-normed.
+
+        What the official `get_intermediate_layers(..., norm=True)` returns
+        and what the DPT heads read. Only the blocks up to the deepest index
+        are run.
+        """
+        indices = [int(i) % len(self.blocks) for i in indices]
+        wanted = set(indices)
+        x = self.embedding(images)
+        collected = {}
+        for i, block in enumerate(self.blocks[: max(indices) + 1]):
+            x = block(x)
+            if i in wanted:
+                collected[i] = self._split(self.norm(x), self._grid(images))
+        return [collected[i] for i in indices]
+
+    def compute_output_spec(self, images, masks=None, training=False, values_trick=None):
+        h, w = images.shape[1], images.shape[2]
+        if h is not None:
+            h = -(-h // self.patch_size)
+        if w is not None:
+            w = -(-w // self.patch_size)
+        batch = images.shape[0]
+        dtype = self.compute_dtype
+        return {
+            "cls_tokens": keras.KerasTensor(
+                (batch, self.num_cls_tokens, self.hidden_dim), dtype=dtype
+            ),
+            "patch_tokens": keras.KerasTensor(
+                (batch, h, w, self.hidden_dim), dtype=dtype
+            ),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "patch_size": self.patch_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "mlp_activation": self.mlp_activation,
+                "num_cls_tokens": self.num_cls_tokens,
+                "position_grid": list(self.position_grid),
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "layer_scale": self.layer_scale,
+                "drop_path_rate": self.drop_path_rate,
+            }
+        )
+        return config
