@@ -157,6 +157,31 @@ class TIPSv2Backbone(Backbone):
         self.initial_temperature = initial_temperature
         self.image_shape = tuple(image_shape)
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a preset: a KerasHub preset, or a checkpoint converted on the fly.
+
+        Accepts, besides KerasHub presets (built-in names, local directories,
+        `kaggle://`, `hf://` repos in KerasHub format):
+        - a Hugging Face `transformers` TIPSv2 checkpoint, local or `hf://`
+          (config.json with model_type "tipsv2" + model.safetensors);
+        - `tips-npz://URL_PREFIX`, the official npz pair
+          `URL_PREFIX_vision.npz` / `URL_PREFIX_text.npz`.
+        Keyword arguments (e.g. `dtype`, `image_shape`) override the config.
+        """
+        from keras_tipsv2.models import tipsv2_preset_loading
+
+        checkpoint = tipsv2_preset_loading.checkpoint_for(preset)
+        if checkpoint is None:
+            return super().from_preset(preset, load_weights=load_weights, **kwargs)
+        from keras_tipsv2.convert.loading import backbone_from_checkpoint, load_checkpoint
+
+        if not load_weights:
+            config = dict(checkpoint.config)
+            config.update(kwargs)
+            return cls(**config)
+        return backbone_from_checkpoint(checkpoint, **kwargs)
+
     @property
     def token_embedding(self):
         return self.text_encoder.embedding.token_embedding

@@ -1,0 +1,46 @@
+"""Writes a converted backbone (and tokenizer assets) as a KerasHub preset.
+
+The preset is written into a temporary sibling directory and renamed into
+place only when every file is written, so a failed conversion leaves no
+half-written output directory behind.
+"""
+
+import os
+import shutil
+import tempfile
+
+
+def write_preset(backbone, output, tokenizer_proto=None, overwrite=False):
+    """Saves `backbone` (+ tokenizer and image converter) to `output`."""
+    output = os.path.abspath(output)
+    if os.path.exists(output) and os.listdir(output):
+        if not overwrite:
+            raise FileExistsError(
+                f"Output directory {output} exists and is not empty; choose "
+                "another path or pass --overwrite."
+            )
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tipsv2-preset-", dir=parent)
+    try:
+        backbone.save_to_preset(staging)
+        _save_preprocessing(staging, tokenizer_proto)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.rename(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _save_preprocessing(directory, tokenizer_proto):
+    from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
+
+    TIPSv2ImageConverter().save_to_preset(directory)
+    if tokenizer_proto is not None:
+        from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+
+        if not os.path.exists(tokenizer_proto):
+            raise FileNotFoundError(f"Tokenizer model not found: {tokenizer_proto}")
+        TIPSv2Tokenizer(proto=tokenizer_proto).save_to_preset(directory)
