@@ -1,0 +1,164 @@
+"""Prompt templates for zero-shot use and the class text embeddings built on them."""
+
+from keras import ops
+
+# The 9 ImageNet templates kept by TCL, used by the TIPS zero-shot
+# segmentation notebook (tips_reference.md section 4.1), in its order.
+TCL_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of a {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+    "a photo of many {}.",
+    "a photo of {}s.",
+)
+
+# The 80 ImageNet templates of CLIP (Radford et al. 2021, the
+# "Prompt_Engineering_for_ImageNet" notebook), in their original order.
+CLIP_IMAGENET_TEMPLATES = (
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+)
+
+
+def fill_templates(class_names, templates):
+    """All prompts, class-major: the prompt for (class c, template t) is at
+    index c * len(templates) + t."""
+    if isinstance(class_names, str) or not len(class_names):
+        raise ValueError(
+            "class_names must be a non-empty list of strings; got "
+            f"{class_names!r}."
+        )
+    if isinstance(templates, str) or not len(templates):
+        raise ValueError(
+            f"templates must be a non-empty list of strings; got {templates!r}."
+        )
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(
+                "Each template needs exactly one '{}' for the class name; "
+                f"got {template!r}."
+            )
+    return [t.format(name) for name in class_names for t in templates]
+
+
+def l2_normalize(x, axis=-1):
+    return x / ops.maximum(ops.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def class_text_embeddings(
+    backbone, tokenizer, class_names, templates=TCL_TEMPLATES, batch_size=256
+):
+    """One unit-norm text embedding per class, by prompt ensembling.
+
+    The official protocol (tips_reference.md section 4.1, also CLIP's): fill
+    every template with the class name, encode each prompt with the text
+    tower, L2-normalise each, average over the templates and L2-normalise
+    the average.
+
+    Args:
+        backbone: a `TIPSv2Backbone` (anything with `encode_text`).
+        tokenizer: a `TIPSv2Tokenizer`, or any callable mapping a list of
+            strings to {"token_ids", "padding_mask"}.
+        class_names: list of C class names, used verbatim.
+        templates: list of T templates with one "{}" each.
+        batch_size: prompts encoded per text-tower call.
+
+    Returns:
+        A float tensor of shape (C, D) with unit rows.
+    """
+    prompts = fill_templates(class_names, templates)
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start : start + batch_size])
+        chunks.append(
+            l2_normalize(
+                backbone.encode_text(tokens["token_ids"], tokens["padding_mask"])
+            )
+        )
+    embeddings = ops.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+    embeddings = ops.reshape(
+        embeddings, (len(class_names), len(templates), -1)
+    )
+    return l2_normalize(ops.mean(embeddings, axis=1))
