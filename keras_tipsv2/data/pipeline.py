@@ -1,0 +1,300 @@
+"""The pretraining input pipeline: raw examples -> augmented, tokenised batches.
+
+A *raw example* is a dict with one of "image_path" / "image_bytes" /
+"image" (uint8 pixels), an "alt_text" string and a "captions" string vector
+(the richer caption pool, "" where missing). `manifest_examples`,
+`coco_examples`, `tfrecord_examples` and `shapes_examples` produce them; any
+`tf.data.Dataset` of that structure can be brought instead.
+
+Examples whose image cannot be read or decoded, or whose captions are
+missing, are dropped, counted in a `SkipCounter` and logged as warnings;
+they never stop training.
+"""
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from keras_tipsv2.data import augment
+from keras_tipsv2.data.captions import caption_pair
+from keras_tipsv2.data.captions import check_caption_mode
+from keras_tipsv2.data.captions import has_captions
+from keras_tipsv2.data.manifest import manifest_examples
+from keras_tipsv2.data.shapes import ShapesWorld
+from keras_tipsv2.data.tfrecord import tfrecord_examples
+
+logger = logging.getLogger("keras_tipsv2.data")
+IMAGE_KEYS = ("image_path", "image_bytes", "image")
+
+
+class SkipCounter:
+    """Counts the examples a pipeline dropped, by reason.
+
+    Pass one to `make_pretraining_dataset(..., skip_counter=counter)` and read
+    `counter.corrupt_images` / `counter.missing_captions` after iterating.
+    """
+
+    def __init__(self):
+        self._corrupt_images = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._missing_captions = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    @property
+    def corrupt_images(self):
+        return int(self._corrupt_images.numpy())
+
+    @property
+    def missing_captions(self):
+        return int(self._missing_captions.numpy())
+
+    @property
+    def total(self):
+        return self.corrupt_images + self.missing_captions
+
+    def record(self, element):
+        """Counts and logs `element` if it is to be dropped; returns it."""
+        bad_image = tf.logical_not(element["image_ok"])
+        bad_captions = element["image_ok"] & tf.logical_not(element["captions_ok"])
+        self._corrupt_images.assign_add(tf.cast(bad_image, tf.int64))
+        self._missing_captions.assign_add(tf.cast(bad_captions, tf.int64))
+        reason = tf.where(bad_image, "unreadable or corrupt image", "missing caption")
+        tf.cond(
+            bad_image | bad_captions,
+            lambda: tf.py_function(_log_skip, [reason, element["name"]], []),
+            tf.no_op,
+        )
+        return element
+
+
+def _log_skip(reason, name):
+    logger.warning(
+        "Skipped example %s: %s.", name.numpy().decode(), reason.numpy().decode()
+    )
+
+
+def shapes_examples(world, num_samples=None, start=0):
+    """Raw examples of a `ShapesWorld`, generated in memory (no disk).
+
+    Args:
+        world: the `ShapesWorld` (its split and seed choose the samples).
+        num_samples: None for an unlimited stream rendered on the fly;
+            otherwise this many samples are rendered once and kept in memory,
+            which is faster per epoch.
+        start: index of the first sample.
+
+    Returns:
+        Dataset of {"image" uint8 (S, S, 3), "alt_text",
+        "captions" [caption_short, caption_long]}.
+    """
+    size = world.image_size
+    signature = {
+        "image": tf.TensorSpec([size, size, 3], tf.uint8),
+        "alt_text": tf.TensorSpec([], tf.string),
+        "captions": tf.TensorSpec([2], tf.string),
+    }
+
+    def raw(index):
+        sample = world.sample(index)
+        captions = [sample["caption_short"], sample["caption_long"]]
+        return {"image": sample["image"], "alt_text": sample["alt_text"], "captions": captions}
+
+    if num_samples is None:
+
+        def stream():
+            index = start
+            while True:
+                yield raw(index)
+                index += 1
+
+        return tf.data.Dataset.from_generator(stream, output_signature=signature)
+    samples = [raw(i) for i in range(start, start + num_samples)]
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "image": np.stack([s["image"] for s in samples]),
+            "alt_text": [s["alt_text"] for s in samples],
+            "captions": [s["captions"] for s in samples],
+        }
+    )
+
+
+def raw_examples(source):
+    """Returns the raw-example dataset of `source`.
+
+    Args:
+        source: a `tf.data.Dataset` of raw examples, a `ShapesWorld`
+            (unlimited, in memory), a ".jsonl"/".csv" manifest path or a
+            TFRecord file pattern (".tfrecord" files). For COCO use
+            `coco_examples(annotations_path, image_dir)`.
+    """
+    if isinstance(source, tf.data.Dataset):
+        return _checked_raw_dataset(source)
+    if isinstance(source, ShapesWorld):
+        return shapes_examples(source)
+    if isinstance(source, str):
+        lowered = source.lower()
+        if lowered.endswith((".jsonl", ".csv")):
+            return manifest_examples(source)
+        if lowered.endswith(".json"):
+            raise ValueError(
+                f"{source!r} looks like a COCO captions file: pass "
+                "coco_examples(annotations_path, image_dir) as the source."
+            )
+        if "tfrecord" in lowered:
+            return tfrecord_examples(source)
+    raise ValueError(
+        "source must be a tf.data.Dataset of raw examples, a ShapesWorld, a "
+        f".jsonl/.csv manifest or a TFRecord pattern; got {source!r}."
+    )
+
+
+def _checked_raw_dataset(dataset):
+    spec = dataset.element_spec
+    if not isinstance(spec, dict) or not {"alt_text", "captions"} <= set(spec):
+        raise ValueError(
+            "A raw-example dataset must yield dicts with 'alt_text', 'captions' "
+            f"and one of {IMAGE_KEYS}; got {spec}."
+        )
+    if sum(k in spec for k in IMAGE_KEYS) != 1:
+        raise ValueError(
+            f"A raw example needs exactly one of {IMAGE_KEYS}; got {sorted(spec)}."
+        )
+    return dataset
+
+
+def checked_example(index, example, caption_mode):
+    """Loads the image and flags whether the example is usable."""
+    image, image_ok = augment.try_load_image(example)
+    name = example.get("image_path", tf.strings.as_string(index))
+    return {
+        "index": index,
+        "name": tf.strings.join(["#", tf.strings.as_string(index), " ", name]),
+        "image": image,
+        "alt_text": example["alt_text"],
+        "captions": example["captions"],
+        "image_ok": image_ok,
+        "captions_ok": has_captions(example, caption_mode),
+    }
+
+
+def make_pretraining_dataset(
+    source,
+    tokenizer,
+    batch_size,
+    image_size,
+    num_local_crops=0,
+    local_crop_size=98,
+    caption_mode="multi",
+    shuffle=True,
+    seed=0,
+    crop_scale=augment.GLOBAL_CROP_SCALE,
+    local_crop_scale=augment.LOCAL_CROP_SCALE,
+    horizontal_flip=True,
+    colour_jitter=True,
+    repeat=False,
+    shuffle_buffer=1024,
+    drop_remainder=True,
+    skip_counter=None,
+):
+    """Batches for TIPSv2 pretraining.
+
+    Args:
+        source: see `raw_examples`.
+        tokenizer: callable mapping a string batch to {"token_ids",
+            "padding_mask"}, usable inside tf.data (e.g. `TIPSv2Tokenizer`).
+        batch_size: examples per batch.
+        image_size: side of the global view.
+        num_local_crops: M local crops per image for the DINO loss (0: none).
+        local_crop_size: side of each local crop (98 for patch 14).
+        caption_mode: "multi" (CLS_2 gets a caption drawn per example from
+            the caption pool) or "alt_text_only" (TIPS baseline).
+        shuffle: shuffle examples with `seed`.
+        seed: seeds shuffling, augmentation and caption sampling; the same
+            seed gives the same batches.
+        crop_scale: area range of the global random-resized crop; (1, 1)
+            keeps the whole image.
+        local_crop_scale: area range of the local crops.
+        horizontal_flip: random left-right flips (turn off when captions
+            name left and right, as ShapesWorld's long captions do).
+        colour_jitter: random colour jitter (turn off when captions name
+            colours that hue shifts would change).
+        repeat: loop over the source forever, with fresh augmentation on
+            each pass.
+        shuffle_buffer: size of the shuffle buffer.
+        drop_remainder: drop the last partial batch.
+        skip_counter: a `SkipCounter` to count dropped examples in.
+
+    Returns:
+        Dataset of {"images": (B, H, W, 3) float32 in [0, 1],
+        "alt_text": {"token_ids", "padding_mask"}, "caption": {...},
+        and, with local crops, "local_crops": (B, M, s, s, 3)}.
+    """
+    check_caption_mode(caption_mode)
+    _check_positive(batch_size=batch_size, image_size=image_size)
+    if num_local_crops < 0:
+        raise ValueError(f"num_local_crops must be >= 0; got {num_local_crops}.")
+    if num_local_crops:
+        _check_positive(local_crop_size=local_crop_size)
+    if not callable(tokenizer):
+        raise ValueError(f"tokenizer must be callable; got {tokenizer!r}.")
+    counter = skip_counter or SkipCounter()
+    base_seed = tf.constant([seed, 0], tf.int64)
+
+    def views(element):
+        seeds = augment.split_seed(
+            tf.random.experimental.stateless_fold_in(base_seed, element["index"]), 3
+        )
+        alt_text, caption = caption_pair(element, seeds[1], caption_mode)
+        batch = {
+            "images": augment.augmented_view(
+                element["image"], image_size, seeds[0], crop_scale,
+                horizontal_flip, colour_jitter,
+            ),
+            "alt_text": alt_text,
+            "caption": caption,
+        }  # fmt: skip
+        if num_local_crops:
+            batch["local_crops"] = augment.local_crops(
+                element["image"], num_local_crops, local_crop_size, seeds[2],
+                local_crop_scale, horizontal_flip, colour_jitter,
+            )  # fmt: skip
+        return batch
+
+    def tokenized(batch):
+        for key in ("alt_text", "caption"):
+            batch[key] = _tokens(tokenizer(batch[key]))
+        return batch
+
+    dataset = raw_examples(source)
+    if repeat:
+        dataset = dataset.repeat()
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = (
+        dataset.enumerate()
+        .map(lambda i, x: checked_example(i, x, caption_mode), **parallel)
+        .map(counter.record)  # sequential: exact counts
+        .filter(lambda x: x["image_ok"] & x["captions_ok"])
+        .map(views, **parallel)
+        .batch(batch_size, drop_remainder=drop_remainder)
+        .map(tokenized, **parallel)
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _tokens(output):
+    if not isinstance(output, dict) or not {"token_ids", "padding_mask"} <= set(output):
+        raise ValueError(
+            "tokenizer must return a dict with 'token_ids' and 'padding_mask'; "
+            f"got {output!r}."
+        )
+    return {
+        "token_ids": tf.cast(output["token_ids"], tf.int32),
+        "padding_mask": tf.cast(output["padding_mask"], tf.int32),
+    }
+
+
+def _check_positive(**values):
+    for key, value in values.items():
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{key} must be a positive integer; got {value!r}.")
