@@ -1,0 +1,45 @@
+"""Principal components of patch tokens, the usual DINO / TIPS feature picture."""
+
+from keras import ops
+
+
+def pca_components(features, num_components=3):
+    """Projects (..., D) features on their first principal components.
+
+    Args:
+        features: (h, w, D) patch tokens (any leading shape).
+        num_components: how many components to keep.
+
+    Returns:
+        (..., num_components) float32 projections. Each component's sign is
+        fixed so that its largest-magnitude loading is positive, so the same
+        features always give the same picture.
+    """
+    features = ops.convert_to_tensor(features, dtype="float32")
+    shape = tuple(features.shape)
+    dim = shape[-1]
+    if num_components > dim:
+        raise ValueError(
+            f"num_components ({num_components}) exceeds the feature width ({dim})."
+        )
+    flat = ops.reshape(features, (-1, dim))
+    centred = flat - ops.mean(flat, axis=0, keepdims=True)
+    _, _, vh = ops.svd(centred, full_matrices=False)
+    axes = vh[:num_components]
+    largest = ops.take_along_axis(
+        axes, ops.argmax(ops.abs(axes), axis=1)[:, None], axis=1
+    )
+    axes = axes * ops.sign(largest)
+    projected = ops.matmul(centred, ops.transpose(axes))
+    return ops.reshape(projected, shape[:-1] + (num_components,))
+
+
+def pca_rgb(features):
+    """The first three components of (h, w, D) features as an RGB map in [0, 1].
+
+    Each component is min-max scaled on its own.
+    """
+    components = pca_components(features, 3)
+    low = ops.min(components, axis=(0, 1), keepdims=True)
+    high = ops.max(components, axis=(0, 1), keepdims=True)
+    return (components - low) / ops.maximum(high - low, 1e-12)
