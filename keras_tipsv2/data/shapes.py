@@ -410,7 +410,7 @@ def write_manifest(world, directory, num_samples, image_format="png"):
 
 
 def write_ade_layout(
-    world, directory, num_samples, vocabularies=VOCABULARIES, image_format="png"
+    world, directory, num_samples, vocabularies=VOCABULARIES, image_format="jpg"
 ):
     """Writes segmentation sets in the ADE20K folder layout, one per vocabulary.
 
@@ -425,7 +425,8 @@ def write_ade_layout(
         directory: output folder (created).
         num_samples: number of samples, indices 0 .. num_samples - 1.
         vocabularies: which label vocabularies to write.
-        image_format: "png" or "jpg" for the images; annotations are PNG.
+        image_format: "jpg" (as ADE20K, and what `evaluation.datasets.ade20k`
+            lists) or "png" for the images; annotations are always PNG.
 
     Returns:
         {vocabulary: root folder of its ADE-style set}.
