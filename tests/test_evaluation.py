@@ -246,3 +246,59 @@ def test_pca_rgb_spans_zero_to_one_per_channel():
     assert rgb.shape == (3, 5, 3)
     np.testing.assert_allclose(rgb.min(axis=(0, 1)), 0.0, atol=1e-6)
     np.testing.assert_allclose(rgb.max(axis=(0, 1)), 1.0, atol=1e-6)
+
+
+# --- The eval recipe, end to end ------------------------------------------------
+
+from tests.test_visualize import tiny_preset  # noqa: E402,F401  (fixture)
+
+
+def _load_recipe():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "recipes", "eval_zero_shot_segmentation.py")
+    spec = importlib.util.spec_from_file_location("eval_zero_shot_segmentation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_recipe_prints_miou_and_a_class_table(tiny_preset, tmp_path, capsys):
+    # A custom set in the ADE20K layout (as ShapesWorld writes it): stored
+    # value = class + 1, a classes.txt with background first.
+    rng = np.random.default_rng(0)
+    for name in ("x1", "x2"):
+        image = tmp_path / "images" / "validation" / f"{name}.jpg"
+        annotation = tmp_path / "annotations" / "validation" / f"{name}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        annotation.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype="uint8")).save(image)
+        labels = rng.integers(1, 4, (30, 40)).astype("uint8")
+        labels[0] = 255
+        Image.fromarray(labels).save(annotation)
+    (tmp_path / "classes.txt").write_text("background\nred\ngreen\nblue\n")
+    score = _load_recipe().main(
+        [
+            "--preset", tiny_preset, "--data", str(tmp_path), "--dataset", "ade20k",
+            "--classes", str(tmp_path / "classes.txt"), "--background-threshold", "0.1",
+            "--max-images", "1", "--short-side", "28", "--window", "28", "--stride", "21",
+        ]
+    )  # fmt: skip
+    # One 30 x 40 image minus its ignored top row: every pixel is counted once,
+    # and only stored values 1..3 (classes 0..2) occur.
+    assert score.confusion.shape == (4, 4)
+    assert score.confusion.sum() == 29 * 40
+    assert score.confusion[3].sum() == 0
+    out = capsys.readouterr().out
+    assert "green" in out and "blue" in out
+    assert f"ade20k mIoU (slide): {100 * score.mean_iou():.2f}" in out
+
+
+def test_class_names_override_the_benchmark_list(tmp_path):
+    _write_pair(
+        tmp_path / "images" / "validation" / "a.jpg",
+        tmp_path / "annotations" / "validation" / "a.png",
+        1,
+    )
+    dataset = load_segmentation_dataset("ade20k", str(tmp_path), ["background", "red"])
+    assert dataset.class_names == ("background", "red") and dataset.has_background

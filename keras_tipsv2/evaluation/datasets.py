@@ -206,8 +206,24 @@ DATASETS = {
 }
 
 
-def load_segmentation_dataset(name, root):
-    """One of DATASETS by name, read from the folder `root`."""
+def load_segmentation_dataset(name, root, class_names=None):
+    """One of DATASETS by name, read from the folder `root`.
+
+    `class_names` replaces the benchmark's list, e.g. for a custom set in the
+    ADE20K layout (such as ShapesWorld's `classes.txt`); its length sets the
+    number of scored classes, and a first name "background" marks class 0 as
+    background.
+    """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.")
-    return DATASETS[name](root)
+    dataset = DATASETS[name](root)
+    if class_names is None:
+        return dataset
+    class_names = tuple(class_names)
+    if not class_names:
+        raise ValueError("class_names must not be empty.")
+    return dataclasses.replace(
+        dataset,
+        class_names=class_names,
+        has_background=class_names[0] == "background",
+    )

@@ -5,20 +5,14 @@ import itertools
 from keras_tipsv2.evaluation.miou import SegmentationScore
 
 
-def set_dataset_classes(segmenter, dataset, class_names=None, templates="tcl",
-                        background_threshold=None):
+def set_dataset_classes(segmenter, dataset, templates="tcl", background_threshold=None):
     """Gives the segmenter the dataset's classes, in its label order.
 
     For datasets whose class 0 is "background" (VOC21, PC60) the background
     comes from `background_threshold` (TCL's constant-score rule) when one is
     given, else from prompting "background" like any other class.
     """
-    names = list(class_names or dataset.class_names)
-    if len(names) != len(dataset.class_names):
-        raise ValueError(
-            f"{dataset.name} scores {len(dataset.class_names)} classes; got "
-            f"{len(names)} class names."
-        )
+    names = list(dataset.class_names)
     if dataset.has_background and background_threshold is not None:
         segmenter.set_classes(names[1:], templates, background_threshold)
     else:
