@@ -1,0 +1,208 @@
+"""TIPSv2 pretraining losses, written with `keras.ops` only.
+
+Every function computes in float32 (logits divided by temperatures of 0.04
+leave too little precision in bfloat16) and returns a scalar or per-row
+values as documented. Teacher quantities are passed through
+`ops.stop_gradient` here, so callers cannot forget it.
+
+Notation: K prototypes, B images, N patch tokens per image, M local crops.
+"""
+
+from keras import ops
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """x / max(||x||, epsilon) along `axis` (PyTorch's F.normalize rule)."""
+    x = _f32(x)
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
+    return x / ops.maximum(norm, epsilon)
+
+
+def clip_contrastive_loss(image_embeddings, text_embeddings, temperature):
+    """Symmetric softmax (CLIP / InfoNCE) loss over the B x B cosine matrix.
+
+    Args:
+        image_embeddings: (B, D), not necessarily normalised.
+        text_embeddings: (B, D), not necessarily normalised; row i pairs with
+            image i.
+        temperature: scalar divisor of the cosine logits.
+
+    Returns:
+        Scalar: (CE(image -> text) + CE(text -> image)) / 2, each averaged
+        over the batch.
+    """
+    x = l2_normalize(image_embeddings)
+    y = l2_normalize(text_embeddings)
+    logits = ops.matmul(x, ops.transpose(y)) / _f32(temperature)
+    batch = ops.shape(logits)[0]
+    labels = ops.one_hot(ops.arange(batch), batch, dtype="float32")
+    image_to_text = -ops.sum(labels * ops.log_softmax(logits, axis=1), axis=1)
+    text_to_image = -ops.sum(labels * ops.log_softmax(logits, axis=0), axis=0)
+    return 0.5 * (ops.mean(image_to_text) + ops.mean(text_to_image))
+
+
+def dual_contrastive_loss(cls_tokens, alt_text_embeddings, caption_embeddings, temperature):
+    """TIPS's dual image-text loss: CLS_1 <-> alt-text, CLS_2 <-> caption.
+
+    Args:
+        cls_tokens: (B, 2, D) image CLS tokens.
+        alt_text_embeddings: (B, D) embeddings of the web alt-text.
+        caption_embeddings: (B, D) embeddings of the per-example sampled
+            synthetic caption.
+        temperature: scalar.
+
+    Returns:
+        Scalar, the mean of the two CLIP losses.
+    """
+    if len(cls_tokens.shape) != 3 or (
+        cls_tokens.shape[1] is not None and cls_tokens.shape[1] < 2
+    ):
+        raise ValueError(
+            "dual_contrastive_loss needs cls_tokens of shape (batch, 2, dim); "
+            f"got {tuple(cls_tokens.shape)}."
+        )
+    first = clip_contrastive_loss(cls_tokens[:, 0], alt_text_embeddings, temperature)
+    second = clip_contrastive_loss(cls_tokens[:, 1], caption_embeddings, temperature)
+    return 0.5 * (first + second)
+
+
+def centered_teacher_probabilities(teacher_logits, center, teacher_temperature):
+    """DINO targets: softmax((z_t - c) / tau_t) along the prototype axis."""
+    logits = _f32(ops.stop_gradient(teacher_logits)) - _f32(ops.stop_gradient(center))
+    return ops.softmax(logits / _f32(teacher_temperature), axis=-1)
+
+
+def updated_center(center, teacher_logits, momentum=0.9, weights=None):
+    """The next DINO centre: m * c + (1 - m) * mean of the teacher logits.
+
+    Args:
+        center: (1, K).
+        teacher_logits: (..., K); averaged over every leading axis (for patch
+            logits (B, N, K) that is the mean over tokens, then images).
+        momentum: centre momentum (0.9).
+        weights: optional (...) weights of the rows in the mean (e.g. the
+            iBOT mask); rows of weight 0 are ignored.
+    """
+    logits = ops.reshape(_f32(ops.stop_gradient(teacher_logits)), (-1, ops.shape(teacher_logits)[-1]))
+    if weights is None:
+        batch_mean = ops.mean(logits, axis=0, keepdims=True)
+    else:
+        w = ops.reshape(_f32(weights), (-1, 1))
+        batch_mean = ops.sum(w * logits, axis=0, keepdims=True) / ops.maximum(ops.sum(w), 1.0)
+    return momentum * _f32(center) + (1.0 - momentum) * batch_mean
+
+
+def sinkhorn_knopp(teacher_logits, teacher_temperature, num_iterations=3, weights=None):
+    """Sinkhorn-Knopp teacher targets (SwAV / DINOv2 "sinkhorn_knopp").
+
+    Args:
+        teacher_logits: (..., K); all leading axes are samples.
+        teacher_temperature: scalar.
+        num_iterations: 3 as in DINOv2.
+        weights: optional (...) 0/1 sample weights; samples of weight 0 are
+            left out of the transport problem and get all-zero targets.
+
+    Returns:
+        (..., K) targets; each row (of weight 1) sums to 1 and, over the
+        samples, every prototype receives the same total mass.
+    """
+    shape = ops.shape(teacher_logits)
+    num_prototypes = shape[-1]
+    logits = ops.reshape(_f32(ops.stop_gradient(teacher_logits)), (-1, num_prototypes))
+    logits = logits / _f32(teacher_temperature)
+    # Subtracting the global max leaves Q unchanged after normalisation
+    # and keeps exp() finite at small temperatures.
+    q = ops.exp(logits - ops.max(logits))
+    if weights is None:
+        w = ops.ones((ops.shape(logits)[0], 1), dtype="float32")
+    else:
+        w = ops.reshape(_f32(weights), (-1, 1))
+    q = q * w
+    num_samples = ops.maximum(ops.sum(w), 1.0)
+    q = q / ops.sum(q)
+    for _ in range(num_iterations):
+        # Each prototype (column here) gets mass 1/K ...
+        q = q / ops.maximum(ops.sum(q, axis=0, keepdims=True), 1e-30)
+        q = q / num_prototypes
+        # ... and each sample (row) mass 1/num_samples.
+        q = q / ops.maximum(ops.sum(q, axis=1, keepdims=True), 1e-30)
+        q = q * w / num_samples
+    return ops.reshape(q * num_samples, shape)
+
+
+def teacher_student_cross_entropy(teacher_probabilities, student_logits, student_temperature=0.1):
+    """Per-row -sum_k p_t(k) log softmax(z_s / tau_s)(k); shape (...)."""
+    log_p = ops.log_softmax(_f32(student_logits) / _f32(student_temperature), axis=-1)
+    return -ops.sum(_f32(ops.stop_gradient(teacher_probabilities)) * log_p, axis=-1)
+
+
+def dino_cls_loss(teacher_probabilities, student_logits, student_temperature=0.1):
+    """DINO image-level loss of M student views against one teacher view.
+
+    Args:
+        teacher_probabilities: (B, K) targets from the clean global view.
+        student_logits: (B, M, K) head logits of the M student views (local
+            crops), or (B, K) for a single view.
+        student_temperature: tau_s (0.1).
+
+    Returns:
+        Scalar: cross-entropy averaged over images and views.
+    """
+    if len(student_logits.shape) == 2:
+        student_logits = student_logits[:, None]
+    ce = teacher_student_cross_entropy(
+        teacher_probabilities[:, None], student_logits, student_temperature
+    )
+    return ops.mean(ce)
+
+
+PATCH_LOSSES = ("ibot++", "ibot")
+
+
+def patch_loss(teacher_probabilities, student_logits, masks, mode="ibot++", student_temperature=0.1):
+    """iBOT++ (TIPSv2) or iBOT (TIPS v1 / DINOv2) patch-level loss.
+
+    Args:
+        teacher_probabilities: (B, N, K) or (B, h, w, K) targets from the
+            clean image.
+        student_logits: same shape, head logits of the masked image.
+        masks: (B, N) or (B, h, w) bool, True = masked for the student.
+        mode: "ibot++": every token counts, uniform mean over the N tokens
+            of an image, then mean over images. "ibot": only masked tokens
+            count, each image's sum is divided by its own masked count (0
+            for an image without masked tokens), then mean over images.
+        student_temperature: tau_s (0.1).
+
+    Returns:
+        Scalar loss.
+    """
+    if mode not in PATCH_LOSSES:
+        raise ValueError(f"patch loss mode must be one of {PATCH_LOSSES}; got {mode!r}.")
+    ce = teacher_student_cross_entropy(teacher_probabilities, student_logits, student_temperature)
+    batch = ops.shape(ce)[0]
+    ce = ops.reshape(ce, (batch, -1))
+    if mode == "ibot++":
+        return ops.mean(ops.mean(ce, axis=1))
+    m = ops.reshape(ops.cast(masks, "float32"), (batch, -1))
+    per_image = ops.sum(ce * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
+    return ops.mean(per_image)
+
+
+def koleo_loss(embeddings, epsilon=1e-8):
+    """KoLeo spreading regulariser: -mean_i log(||x_i - x_nn(i)|| + eps).
+
+    x are the L2-normalised rows of `embeddings` (B, D) and nn(i) is the
+    other row with the largest dot product (DINOv2's estimator).
+    """
+    x = l2_normalize(embeddings)
+    batch = ops.shape(x)[0]
+    similarity = ops.matmul(x, ops.transpose(x))
+    # Exclude the point itself from its neighbours.
+    similarity = similarity - 3.0 * ops.eye(batch, dtype="float32")
+    neighbour = ops.argmax(ops.stop_gradient(similarity), axis=1)
+    distance = ops.sqrt(ops.sum(ops.square(x - ops.take(x, neighbour, axis=0)), axis=-1) + 1e-12)
+    return -ops.mean(ops.log(distance + epsilon))
