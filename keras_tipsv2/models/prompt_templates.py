@@ -149,15 +149,17 @@ def class_text_embeddings(
         A float tensor of shape (C, D) with unit rows.
     """
     prompts = fill_templates(class_names, templates)
+    chunk_size = min(batch_size, len(prompts))
+    # Pad the last chunk with empty prompts so every text-tower call has the
+    # same shape (one compilation per shape on JAX); the padding is dropped.
+    padded = prompts + [""] * (-len(prompts) % chunk_size)
     chunks = []
-    for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[start : start + batch_size])
+    for start in range(0, len(padded), chunk_size):
+        tokens = tokenizer(padded[start : start + chunk_size])
         chunks.append(
-            l2_normalize(
-                backbone.encode_text(tokens["token_ids"], tokens["padding_mask"])
-            )
+            backbone.encode_text(tokens["token_ids"], tokens["padding_mask"])
         )
-    embeddings = ops.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+    embeddings = l2_normalize(ops.concatenate(chunks, axis=0)[: len(prompts)])
     embeddings = ops.reshape(
         embeddings, (len(class_names), len(templates), -1)
     )
