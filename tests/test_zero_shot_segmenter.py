@@ -144,7 +144,6 @@ def test_background_threshold_labels_unmatched_pixels_zero():
 
 def test_segment_returns_maps_at_the_original_size_after_short_side_resize():
     image, _ = stripes([14, 23], height=37)  # 37 x 37 -> short side 28
-    image = image[:, :, :]
     segmenter = colour_segmenter(short_side=28, window_size=28, window_stride=21)
     result = segmenter.segment((image * 255).astype("uint8"), mode="slide")
     assert result["labels"].shape == (37, 37)
