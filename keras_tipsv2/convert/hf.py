@@ -21,21 +21,31 @@ IGNORED_KEYS = ("text_model.embeddings.position_ids",)
 
 
 class _Prefixed:
-    """A view of `arrays` restricted to keys under `prefix`, prefix removed."""
+    """A view of `arrays` restricted to keys under `prefix`, prefix removed.
 
-    def __init__(self, arrays, prefix):
+    Keys in `passthrough` are visible under their own name (the hub files
+    keep `temperature` outside both towers).
+    """
+
+    def __init__(self, arrays, prefix, passthrough=()):
         self._arrays = arrays
-        self._prefix = prefix
-        self._keys = [k[len(prefix):] for k in arrays.keys() if k.startswith(prefix)]
+        self._names = {k[len(prefix):]: k for k in arrays.keys() if k.startswith(prefix)}
+        self._names.update({k: k for k in passthrough if k in arrays})
 
     def keys(self):
-        return list(self._keys)
+        return list(self._names)
 
     def __contains__(self, key):
-        return self._prefix + key in self._arrays
+        return key in self._names
 
     def __getitem__(self, key):
-        return self._arrays[self._prefix + key]
+        return self._arrays[self._names[key]]
+
+
+# The files on the Hugging Face hub keep the official PyTorch names under
+# `vision_encoder.` / `text_encoder.`, except the vision MLP, which is named
+# like the text one (transformers' conversion_mapping for "tipsv2").
+HUB = dict(torch_layouts.OFFICIAL, name="Hugging Face hub", fc1="mlp.c_fc", fc2="mlp.c_proj")
 
 
 def _activation(name):
@@ -58,9 +68,14 @@ def read_hf(config, arrays, source="Hugging Face checkpoint"):
     ckpt = Checkpoint(source, {})
     if any(k.startswith("vision_encoder.") for k in keys):
         vision = KeyReader(_Prefixed(arrays, "vision_encoder."), f"{source} vision_encoder")
-        text = KeyReader(_Prefixed(arrays, "text_encoder."), f"{source} text_encoder")
-        layout = torch_layouts.OFFICIAL
-        extra = [k for k in keys if not k.startswith(("vision_encoder.", "text_encoder."))]
+        text = KeyReader(
+            _Prefixed(arrays, "text_encoder.", passthrough=("temperature",)), f"{source} text_encoder"
+        )
+        layout = HUB
+        extra = [
+            k for k in keys
+            if not k.startswith(("vision_encoder.", "text_encoder.")) and k != "temperature"
+        ]
     else:
         # One state dict holds both towers: one reader checks all its keys.
         vision = text = KeyReader(arrays, source, ignored=IGNORED_KEYS)
