@@ -15,6 +15,11 @@ def _f32(x):
     return ops.cast(x, "float32")
 
 
+def _no_grad(x):
+    # convert first: torch's stop_gradient needs a tensor, not a NumPy array.
+    return ops.stop_gradient(ops.convert_to_tensor(x))
+
+
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     """x / max(||x||, epsilon) along `axis` (PyTorch's F.normalize rule)."""
     x = _f32(x)
@@ -72,7 +77,7 @@ def dual_contrastive_loss(cls_tokens, alt_text_embeddings, caption_embeddings, t
 
 def centered_teacher_probabilities(teacher_logits, center, teacher_temperature):
     """DINO targets: softmax((z_t - c) / tau_t) along the prototype axis."""
-    logits = _f32(ops.stop_gradient(teacher_logits)) - _f32(ops.stop_gradient(center))
+    logits = _f32(_no_grad(teacher_logits)) - _f32(_no_grad(center))
     return ops.softmax(logits / _f32(teacher_temperature), axis=-1)
 
 
@@ -87,7 +92,7 @@ def updated_center(center, teacher_logits, momentum=0.9, weights=None):
         weights: optional (...) weights of the rows in the mean (e.g. the
             iBOT mask); rows of weight 0 are ignored.
     """
-    logits = ops.reshape(_f32(ops.stop_gradient(teacher_logits)), (-1, ops.shape(teacher_logits)[-1]))
+    logits = ops.reshape(_f32(_no_grad(teacher_logits)), (-1, ops.shape(teacher_logits)[-1]))
     if weights is None:
         batch_mean = ops.mean(logits, axis=0, keepdims=True)
     else:
@@ -112,7 +117,7 @@ def sinkhorn_knopp(teacher_logits, teacher_temperature, num_iterations=3, weight
     """
     shape = ops.shape(teacher_logits)
     num_prototypes = shape[-1]
-    logits = ops.reshape(_f32(ops.stop_gradient(teacher_logits)), (-1, num_prototypes))
+    logits = ops.reshape(_f32(_no_grad(teacher_logits)), (-1, num_prototypes))
     logits = logits / _f32(teacher_temperature)
     # Subtracting the global max leaves Q unchanged after normalisation
     # and keeps exp() finite at small temperatures.
@@ -137,7 +142,7 @@ def sinkhorn_knopp(teacher_logits, teacher_temperature, num_iterations=3, weight
 def teacher_student_cross_entropy(teacher_probabilities, student_logits, student_temperature=0.1):
     """Per-row -sum_k p_t(k) log softmax(z_s / tau_s)(k); shape (...)."""
     log_p = ops.log_softmax(_f32(student_logits) / _f32(student_temperature), axis=-1)
-    return -ops.sum(_f32(ops.stop_gradient(teacher_probabilities)) * log_p, axis=-1)
+    return -ops.sum(_f32(_no_grad(teacher_probabilities)) * log_p, axis=-1)
 
 
 def dino_cls_loss(teacher_probabilities, student_logits, student_temperature=0.1):
@@ -203,6 +208,6 @@ def koleo_loss(embeddings, epsilon=1e-8):
     similarity = ops.matmul(x, ops.transpose(x))
     # Exclude the point itself from its neighbours.
     similarity = similarity - 3.0 * ops.eye(batch, dtype="float32")
-    neighbour = ops.argmax(ops.stop_gradient(similarity), axis=1)
+    neighbour = ops.argmax(_no_grad(similarity), axis=1)
     distance = ops.sqrt(ops.sum(ops.square(x - ops.take(x, neighbour, axis=0)), axis=-1) + 1e-12)
     return -ops.mean(ops.log(distance + epsilon))
