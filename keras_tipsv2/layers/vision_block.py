@@ -150,6 +150,7 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         if self.layer_scale:
             self.ls1.build(input_shape)
             self.ls2.build(input_shape)
+        self.drop_path.build(input_shape)
 
     def _scaled(self, x, which):
         return getattr(self, which)(x) if self.layer_scale else x

@@ -65,6 +65,7 @@ class TIPSv2TextEncoder(keras.layers.Layer):
         for block in self.blocks:
             block.build(hidden_shape)
         self.norm.build(hidden_shape)
+        self.pooling.build(hidden_shape)
         self.built = True
 
     def call(self, token_ids, padding_mask):

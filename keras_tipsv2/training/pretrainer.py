@@ -1,7 +1,6 @@
 import keras
 from keras import ops
 
-from keras_tipsv2.layers.projection_head import TIPSv2ProjectionHead
 from keras_tipsv2.training import losses
 from keras_tipsv2.training.ema import EMA_MODES
 from keras_tipsv2.training.ema import copy_weights
@@ -9,9 +8,12 @@ from keras_tipsv2.training.ema import ema_update
 from keras_tipsv2.training.ema import pretraining_parameter_counts
 from keras_tipsv2.training.masking import random_patch_masks
 from keras_tipsv2.training.schedules import linear_warmup
+from keras_tipsv2.training.teacher_targets import CENTERINGS
+from keras_tipsv2.training.teacher_targets import check_choice
+from keras_tipsv2.training.teacher_targets import projection_head
+from keras_tipsv2.training.teacher_targets import teacher_targets
 from keras_tipsv2.training.train_step import TIPSv2TrainingModel
 
-CENTERINGS = ("centering", "sinkhorn")
 CAPTION_SAMPLINGS = ("multi", "alt_text_only")
 LOG_NAMES = (
     "loss",
@@ -23,11 +25,6 @@ LOG_NAMES = (
     "teacher_temperature",
     "ema_momentum",
 )
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
 
 
 def _float_weights(layer):
@@ -125,28 +122,22 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         seed=None,
         **kwargs,
     ):
-        _check_choice("patch_loss", patch_loss, losses.PATCH_LOSSES)
-        _check_choice("ema", ema, EMA_MODES)
-        _check_choice("caption_sampling", caption_sampling, CAPTION_SAMPLINGS)
-        _check_choice("centering", centering, CENTERINGS)
+        check_choice("patch_loss", patch_loss, losses.PATCH_LOSSES)
+        check_choice("ema", ema, EMA_MODES)
+        check_choice("caption_sampling", caption_sampling, CAPTION_SAMPLINGS)
+        check_choice("centering", centering, CENTERINGS)
         super().__init__(
             log_names=LOG_NAMES, gradient_clip_norm=gradient_clip_norm, **kwargs
         )
         self.backbone = backbone
         width = backbone.vision_encoder.hidden_dim
 
-        # === Heads: float32 (DINOv2 keeps heads in fp32 under mixed precision) ===
+        # === Heads ===
         def head(name):
-            layer = TIPSv2ProjectionHead(
-                hidden_dim=head_hidden_dim,
-                bottleneck_dim=head_bottleneck_dim,
-                num_prototypes=num_prototypes,
-                num_layers=head_num_layers,
-                dtype="float32",
-                name=name,
-            )
-            layer.build((None, width))
-            return layer
+            return projection_head(
+                width, head_hidden_dim, head_bottleneck_dim, num_prototypes,
+                head_num_layers, name,
+            )  # fmt: skip
 
         self.student_head = head("student_head")
         self.teacher_head = head("teacher_head")
@@ -199,7 +190,6 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         self.koleo_weight = koleo_weight
         self.freeze_last_layer_steps = freeze_last_layer_steps
         self.seed = seed
-        self.mark_variable_free_layers_built()
         self.built = True
 
     # === Inputs ===
@@ -268,28 +258,18 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
 
     def _teacher_targets(self, cls_logits, patch_logits, masks, temperature, training):
         """Teacher probabilities for CLS and patches; updates the centres."""
-        patch_weights = None if self.patch_loss == "ibot++" else masks
-        if self.centering == "sinkhorn":
-            return (
-                losses.sinkhorn_knopp(cls_logits, temperature, self.sinkhorn_iterations),
-                losses.sinkhorn_knopp(
-                    patch_logits, temperature, self.sinkhorn_iterations, weights=patch_weights
-                ),
-            )
-        cls_targets = losses.centered_teacher_probabilities(cls_logits, self.cls_center, temperature)
-        patch_targets = losses.centered_teacher_probabilities(
-            patch_logits, self.patch_center, temperature
+        return teacher_targets(
+            cls_logits,
+            patch_logits,
+            temperature,
+            self.centering,
+            self.cls_center,
+            self.patch_center,
+            self.center_momentum,
+            self.sinkhorn_iterations,
+            patch_weights=None if self.patch_loss == "ibot++" else masks,
+            update_centers=training,
         )
-        if training:
-            self.cls_center.assign(
-                losses.updated_center(self.cls_center, cls_logits, self.center_momentum)
-            )
-            self.patch_center.assign(
-                losses.updated_center(
-                    self.patch_center, patch_logits, self.center_momentum, weights=patch_weights
-                )
-            )
-        return cls_targets, patch_targets
 
     def compute_losses(self, batch, training=True):
         self._check_batch(batch)

@@ -84,16 +84,6 @@ class TIPSv2TrainingModel(keras.Model):
             "for inference."
         )
 
-    def mark_variable_free_layers_built(self):
-        """Marks built the sublayers that own no variables and were never
-        called through `__call__` (e.g. a drop-path at rate 0). `fit` on JAX
-        and torch otherwise tries to build the model by calling it
-        symbolically, which a training model does not support. Call at the
-        end of `__init__`, once every sublayer exists."""
-        for layer in self._flatten_layers(include_self=False):
-            if not layer.built and not layer.weights:
-                layer.built = True
-
     def _take_snapshots(self):
         return [ops.copy(v.value) for v in self.snapshot_variables()]
 
