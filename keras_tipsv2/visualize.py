@@ -19,7 +19,7 @@ from keras_tipsv2.evaluation.pictures import pca_picture
 from keras_tipsv2.evaluation.pictures import segmentation_picture
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import resize_bicubic
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import short_side_size
+from keras_tipsv2.models.tipsv2_image_converter import short_side_size
 
 
 def patch_aligned_image(image, short_side, patch_size):

@@ -4,7 +4,7 @@ from keras import ops
 
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import short_side_size
+from keras_tipsv2.models.tipsv2_image_converter import short_side_size
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import sliding_windows
 from tests.conftest import tiny_backbone_kwargs
 

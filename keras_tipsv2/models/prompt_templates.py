@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from keras_tipsv2.layers.functional import l2_normalize
+
 # The 9 ImageNet templates kept by TCL, used by the TIPS zero-shot
 # segmentation notebook (tips_reference.md section 4.1), in its order.
 TCL_TEMPLATES = (
@@ -121,10 +123,6 @@ def fill_templates(class_names, templates):
                 f"got {template!r}."
             )
     return [t.format(name) for name in class_names for t in templates]
-
-
-def l2_normalize(x, axis=-1):
-    return x / ops.maximum(ops.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def class_text_embeddings(

@@ -1,8 +1,9 @@
 from keras import ops
 
+from keras_tipsv2.layers.functional import l2_normalize
+
 from keras_tipsv2.models.prompt_templates import CLIP_IMAGENET_TEMPLATES
 from keras_tipsv2.models.prompt_templates import class_text_embeddings
-from keras_tipsv2.models.prompt_templates import l2_normalize
 
 
 class TIPSv2ZeroShotClassifier:

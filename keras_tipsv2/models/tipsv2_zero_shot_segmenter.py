@@ -12,7 +12,9 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
+from keras_tipsv2.layers.functional import l2_normalize
 from keras_tipsv2.models import prompt_templates
+from keras_tipsv2.models.tipsv2_image_converter import short_side_size
 
 _MODES = ("slide", "whole")
 _VALUES_TRICKS = ("values", "values_no_residual", None)
@@ -41,16 +43,6 @@ def sliding_windows(size, window, stride):
         end = min(i * stride + window, size)
         spans.append((max(end - window, 0), end))
     return spans
-
-
-def short_side_size(height, width, short_side):
-    """(height, width) with the short side at `short_side`, aspect kept.
-
-    The long side is truncated, as torchvision's Resize (the reference) does.
-    """
-    if height <= width:
-        return short_side, int(short_side * width / height)
-    return int(short_side * height / width), short_side
 
 
 def image_as_array(image):
@@ -88,12 +80,6 @@ def resize_bicubic(image, size):
         for c in range(image.shape[-1])
     ]
     return np.stack(channels, axis=-1)
-
-
-def normalized(x, axis=-1, epsilon=1e-12):
-    """x / ||x|| along `axis` (F.normalize's rule: the norm is floored at epsilon)."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
-    return x / ops.maximum(norm, epsilon)
 
 
 class TIPSv2ZeroShotSegmenter:
@@ -223,7 +209,7 @@ class TIPSv2ZeroShotSegmenter:
             raise ValueError(
                 f"Got {len(class_names)} class names for {num_classes} embeddings."
             )
-        self.class_embeddings = normalized(embeddings)
+        self.class_embeddings = l2_normalize(embeddings)
         self.class_names = list(class_names)
         self.background_threshold = background_threshold
 
@@ -292,7 +278,7 @@ class TIPSv2ZeroShotSegmenter:
         if padded != (height, width):
             images = ops.image.resize(images, padded, interpolation="bicubic")
         tokens = self.backbone.encode_images(images, values_trick=values_trick)
-        tokens = normalized(ops.cast(tokens["patch_tokens"], "float32"))
+        tokens = l2_normalize(ops.cast(tokens["patch_tokens"], "float32"))
         scores = ops.einsum("bhwd,cd->bhwc", tokens, self.class_embeddings)
         return self._with_background(scores)
 
