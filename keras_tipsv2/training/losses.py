@@ -211,3 +211,35 @@ def koleo_loss(embeddings, epsilon=1e-8):
     neighbour = ops.argmax(_no_grad(similarity), axis=1)
     distance = ops.sqrt(ops.sum(ops.square(x - ops.take(x, neighbour, axis=0)), axis=-1) + 1e-12)
     return -ops.mean(ops.log(distance + epsilon))
+
+
+FEATURE_LOSSES = ("cosine", "smooth_l1")
+
+
+def feature_matching_loss(student_features, teacher_features, mode="cosine", beta=1.0):
+    """Direct feature distillation: student tokens toward teacher tokens.
+
+    Args:
+        student_features: (..., D) student tokens, already projected to the
+            teacher's width.
+        teacher_features: (..., D) teacher tokens (no gradient flows to them).
+        mode: "cosine": mean over tokens of 1 - cos(student, teacher);
+            "smooth_l1": mean over tokens and channels of the smooth-L1
+            (Huber) distance, quadratic below `beta`, linear above.
+        beta: the smooth-L1 threshold.
+
+    Returns:
+        Scalar loss, 0 when the student equals the teacher.
+    """
+    if mode not in FEATURE_LOSSES:
+        raise ValueError(f"feature loss mode must be one of {FEATURE_LOSSES}; got {mode!r}.")
+    student = _f32(student_features)
+    teacher = _f32(_no_grad(teacher_features))
+    if mode == "cosine":
+        cosine = ops.sum(l2_normalize(student) * l2_normalize(teacher), axis=-1)
+        return ops.mean(1.0 - cosine)
+    difference = ops.abs(student - teacher)
+    huber = ops.where(
+        difference < beta, 0.5 * ops.square(difference) / beta, difference - 0.5 * beta
+    )
+    return ops.mean(huber)

@@ -2,19 +2,21 @@ import keras
 from keras import ops
 
 from keras_tipsv2.training import losses
+from keras_tipsv2.training.common import CAPTION_SAMPLINGS
+from keras_tipsv2.training.common import CENTERINGS
+from keras_tipsv2.training.common import batch_contrastive_loss
+from keras_tipsv2.training.common import check_choice
+from keras_tipsv2.training.common import check_image_text_batch
+from keras_tipsv2.training.common import projection_head
+from keras_tipsv2.training.common import teacher_targets
 from keras_tipsv2.training.ema import EMA_MODES
 from keras_tipsv2.training.ema import copy_weights
 from keras_tipsv2.training.ema import ema_update
 from keras_tipsv2.training.ema import pretraining_parameter_counts
 from keras_tipsv2.training.masking import random_patch_masks
 from keras_tipsv2.training.schedules import linear_warmup
-from keras_tipsv2.training.teacher_targets import CENTERINGS
-from keras_tipsv2.training.teacher_targets import check_choice
-from keras_tipsv2.training.teacher_targets import projection_head
-from keras_tipsv2.training.teacher_targets import teacher_targets
 from keras_tipsv2.training.train_step import TIPSv2TrainingModel
 
-CAPTION_SAMPLINGS = ("multi", "alt_text_only")
 LOG_NAMES = (
     "loss",
     "contrastive_loss",
@@ -195,22 +197,7 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
     # === Inputs ===
 
     def _check_batch(self, batch):
-        needed = ["images", "alt_text"]
-        if self.caption_sampling == "multi":
-            needed.append("caption")
-        missing = [k for k in needed if k not in batch]
-        if missing:
-            raise ValueError(
-                f"TIPSv2Pretrainer batch is missing {missing}; it needs "
-                "'images', 'alt_text' and (with caption_sampling='multi') "
-                f"'caption'. Got keys {sorted(batch)}."
-            )
-        for key in ("alt_text", "caption"):
-            if key in batch and not {"token_ids", "padding_mask"} <= set(batch[key]):
-                raise ValueError(
-                    f"batch[{key!r}] must be a dict with 'token_ids' and "
-                    f"'padding_mask'; got {sorted(batch[key])}."
-                )
+        check_image_text_batch(batch, self.caption_sampling, type(self).__name__)
 
     def _encode_text(self, text, training):
         return self.backbone.encode_text(
@@ -276,15 +263,13 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         images = batch["images"]
         # 1. Clean view, with gradient: contrastive loss and teacher inputs.
         clean = self.backbone.encode_images(images, training=training)
-        alt_text = self._encode_text(batch["alt_text"], training)
-        caption = (
-            self._encode_text(batch["caption"], training)
-            if self.caption_sampling == "multi"
-            else alt_text
-        )
         temperature = self.backbone.temperature
-        contrastive = losses.dual_contrastive_loss(
-            clean["cls_tokens"], alt_text, caption, temperature
+        contrastive = batch_contrastive_loss(
+            clean["cls_tokens"],
+            batch,
+            lambda text: self._encode_text(text, training),
+            self.caption_sampling,
+            temperature,
         )
         # 2. Masked view for the student's patch predictions.
         patch_shape = clean["patch_tokens"].shape
