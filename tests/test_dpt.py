@@ -307,10 +307,13 @@ def test_task_rejects_indices_outside_the_tower():
 
 def test_task_config_round_trips():
     b = TIPSv2Backbone(**tiny_backbone_kwargs())
-    model = TIPSv2NormalEstimator(b, fusion_channels=8, intermediate_indices=[0, 0, 1, 1])
+    # The training test's head shapes, so JAX reuses its compiled initialisers.
+    model = TIPSv2NormalEstimator(
+        b, fusion_channels=8, post_process_channels=(8, 8, 8, 8), intermediate_indices=[0, 0, 1, 1]
+    )
     clone = TIPSv2NormalEstimator.from_config(model.get_config())
     assert clone.get_config()["intermediate_indices"] == [0, 0, 1, 1]
-    assert clone.head.fusion_channels == 8
+    assert clone.head.post_process_channels == (8, 8, 8, 8)
     assert clone.backbone.vision_num_layers == 2
 
 
@@ -342,15 +345,15 @@ def trained():
     x_test, y_test = _squares(16, seed=1)
     before = model.evaluate(x_test, y_test, batch_size=16, verbose=0, return_dict=True)
     x, y = _squares(32, seed=0)
-    model.fit(x, y, batch_size=16, epochs=6, shuffle=False, verbose=0)
+    model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
     after = model.evaluate(x_test, y_test, batch_size=16, verbose=0, return_dict=True)
     return b, frozen, before, after
 
 
 def test_trained_head_beats_untrained_head_on_held_out_data(trained):
     _, _, before, after = trained
-    assert after["loss"] < 0.8 * before["loss"]
-    assert after["sparse_categorical_accuracy"] > 0.8
+    # Held-out cross-entropy; about 0.85 -> 0.41 on torch after 8 steps.
+    assert after["loss"] < 0.7 * before["loss"]
 
 
 def test_training_leaves_the_backbone_unchanged(trained):
