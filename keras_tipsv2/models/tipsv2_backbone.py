@@ -134,6 +134,10 @@ class TIPSv2Backbone(Backbone):
             dtype=dtype,
             **kwargs,
         )
+        # The temperature is on no path of the graph. On torch, layers set
+        # before Functional.__init__ are tracked only through the graph, so
+        # without this its variable is neither trained nor saved there.
+        self.contrastive_temperature = self.contrastive_temperature
 
         # === Config ===
         self.vision_patch_size = vision_patch_size
