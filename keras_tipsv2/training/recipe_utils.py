@@ -1,0 +1,251 @@
+"""Pieces shared by the training recipes (`recipes/pretrain.py`, `recipes/distill.py`).
+
+* A step-exact resumable `fit`: Keras' `BackupAndRestore` restores the
+  weights (optimizer iterations, EMA teacher and centres included) and the
+  epoch, but restarts that epoch at batch 0, so a run killed mid-epoch would
+  train the restarted batches twice and end later than planned.
+  `fit_resumable` restores first, reads the global step from
+  `optimizer.iterations`, finishes the interrupted epoch with only its
+  missing batches, then runs the remaining whole epochs: the run ends after
+  exactly `epochs * steps_per_epoch` steps, on the same data.
+* Data keyed by epoch: the batches of epoch e depend only on (seed, e), so
+  a resumed run sees the batches it would have seen.
+* The run's plan (steps per epoch, epochs, config) is stored beside the
+  checkpoint, so a resumed run keeps the schedule of the run it resumes even
+  when the plan came from a time budget.
+* Tokenizer choice and atomic preset export.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+
+PLAN_FILE = "plan.json"
+
+
+# --- Resumable fit ---------------------------------------------------------
+
+
+class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that resumes at the exact step, not at the epoch start.
+
+    Restoring happens in `restore(model)`, called by `fit_resumable` before
+    the data of the resumed epoch is built (that data starts at the restored
+    step); `on_train_begin` therefore does not load again.
+
+    Args:
+        backup_dir: where the checkpoint and its metadata live.
+        save_freq: save every this many batches (or "epoch").
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+
+    def restore(self, model):
+        """Loads the latest checkpoint into `model` if there is one; returns
+        the global step (`optimizer.iterations`) training continues from."""
+        self.set_model(model)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        super().on_train_begin()
+        # The parent hands the restored epoch to fit through this attribute,
+        # which would override the `initial_epoch` fit_resumable passes.
+        model._initial_epoch = None
+        return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # A mid-epoch backup records the epoch it was taken in.
+        self._current_epoch = epoch
+
+
+def fit_resumable(
+    model,
+    epoch_dataset,
+    epochs,
+    steps_per_epoch,
+    backup_dir,
+    save_every=None,
+    callbacks=(),
+    verbose="auto",
+):
+    """`model.fit` for `epochs` x `steps_per_epoch` steps that survives being killed.
+
+    Args:
+        model: a compiled model.
+        epoch_dataset: `epoch -> dataset` of at least `steps_per_epoch`
+            batches, a pure function of the epoch (same epoch, same batches).
+        epochs, steps_per_epoch: the fixed schedule.
+        backup_dir: checkpoint folder (kept after training, so running a
+            finished run again trains no further).
+        save_every: checkpoint every this many steps; default once per epoch.
+        callbacks: further callbacks (progress, CSV, TensorBoard ...).
+        verbose: passed to `fit`.
+
+    Returns:
+        {"start_step": step restored from (0 for a fresh run),
+         "end_step": step after training, "histories": [History, ...]}.
+    """
+    backup = ResumableBackupAndRestore(backup_dir, save_freq=save_every or "epoch")
+    start = backup.restore(model)
+    total = epochs * steps_per_epoch
+    if start > total:
+        raise ValueError(
+            f"The checkpoint in {backup_dir} is at step {start}, past this "
+            f"run's {total} steps; use another output folder."
+        )
+    callbacks = [backup, *callbacks]
+    histories = []
+    epoch, done = divmod(start, steps_per_epoch)
+    if done:
+        # Finish the interrupted epoch with the batches it had not seen.
+        histories.append(
+            model.fit(
+                epoch_dataset(epoch).skip(done),
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                steps_per_epoch=steps_per_epoch - done,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+        )
+        epoch += 1
+    if epoch < epochs:
+        histories.append(
+            model.fit(
+                concatenated_epochs(epoch_dataset, epoch, epochs, steps_per_epoch),
+                initial_epoch=epoch,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+        )
+    end = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    return {"start_step": start, "end_step": end, "histories": histories}
+
+
+def concatenated_epochs(epoch_dataset, first, last, steps_per_epoch):
+    """Epochs first .. last - 1 back to back, each cut to `steps_per_epoch`."""
+    dataset = epoch_dataset(first).take(steps_per_epoch)
+    for epoch in range(first + 1, last):
+        dataset = dataset.concatenate(epoch_dataset(epoch).take(steps_per_epoch))
+    return dataset
+
+
+def epoch_seed(seed, epoch):
+    """The data seed of one epoch: distinct per (seed, epoch), stable across runs."""
+    return int(seed) * 100_003 + int(epoch)
+
+
+# --- The run's plan ----------------------------------------------------------
+
+
+def load_or_save_plan(directory, make_plan):
+    """The plan stored in `directory` if a run was started there, else
+    `make_plan()` (then saved). A resumed run thus keeps its original
+    schedule, even one planned from a measured step time."""
+    path = os.path.join(directory, PLAN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    plan = make_plan()
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(plan, f, indent=2)
+    return plan
+
+
+def steps_for_budget(seconds_per_step, minutes, steps_per_epoch):
+    """Whole epochs that fit in `minutes` at `seconds_per_step` (at least one)."""
+    steps = minutes * 60.0 / max(seconds_per_step, 1e-6)
+    return max(1, int(steps // steps_per_epoch))
+
+
+def measured_seconds_per_step(model, batch, steps=3):
+    """Seconds per train step on `batch`, after one warm-up (compilation) step.
+
+    Trains the model on those steps: call it on a throw-away copy, or accept
+    the few extra steps.
+    """
+    model.train_on_batch(batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(batch)
+    return (time.perf_counter() - start) / steps
+
+
+# --- Tokenizer and preset --------------------------------------------------
+
+
+def tf_data_tokenizer(proto, sequence_length):
+    """A `TIPSv2Tokenizer` safe to use in several tf.data pipelines.
+
+    Its SentencePiece op is created eagerly here: created lazily inside a
+    first pipeline's map function, it would belong to that function's graph
+    and die with it, and every later pipeline would fail with "Resource ...
+    SentencepieceOp does not exist".
+    """
+    import tensorflow as tf
+
+    from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+
+    tokenizer = TIPSv2Tokenizer(proto=proto, sequence_length=sequence_length)
+    tokenizer(tf.constant(["a"]))
+    return tokenizer
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def preset_tokenizer_proto(preset):
+    """The SentencePiece model bytes of a preset's tokenizer."""
+    from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+
+    tokenizer = TIPSv2Tokenizer.from_preset(preset)
+    proto = tokenizer.proto
+    if isinstance(proto, str):
+        return read_bytes(proto)
+    return bytes(proto)
+
+
+def export_preset(backbone, output, tokenizer_proto, image_size):
+    """Writes backbone + tokenizer + image converter (square `image_size`) to
+    `output` atomically: into a staging sibling first, renamed into place
+    when complete, so a crash never leaves a half-written preset.
+
+    Args:
+        backbone: the trained `TIPSv2Backbone`.
+        output: the preset folder (replaced if it exists).
+        tokenizer_proto: SentencePiece model bytes.
+        image_size: the training resolution the converter resizes to.
+    """
+    from keras_tipsv2.convert.preset import write_preset
+    from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
+
+    output = os.path.abspath(output)
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".tipsv2-export-", dir=parent)
+    try:
+        proto_path = os.path.join(scratch, "tokenizer.model")
+        with open(proto_path, "wb") as f:
+            f.write(tokenizer_proto)
+        staged = write_preset(backbone, os.path.join(scratch, "preset"), proto_path)
+        # write_preset saves the 448 px default converter; a model trained at
+        # another resolution should be fed images of that resolution.
+        TIPSv2ImageConverter(image_size=(image_size, image_size)).save_to_preset(staged)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.rename(staged, output)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return output
