@@ -2,7 +2,9 @@ import keras
 from keras import ops
 from keras_hub.models import Backbone
 
+from keras_tipsv2.layers import compiled_call
 from keras_tipsv2.layers.temperature import ContrastiveTemperature
+from keras_tipsv2.layers.vision_embedding import centre_pad_to_multiple
 from keras_tipsv2.models.tipsv2_text_encoder import TIPSv2TextEncoder
 from keras_tipsv2.models.tipsv2_vision_encoder import TIPSv2VisionEncoder
 
@@ -214,6 +216,23 @@ class TIPSv2Backbone(Backbone):
                 "encode_images expects images of shape (batch, height, width, 3); "
                 f"got {tuple(images.shape)}."
             )
+        if masks is not None:
+            masks = ops.convert_to_tensor(masks)
+        if not training and compiled_call.can_compile(images, masks):
+            # Compiled once per (values_trick, masks given) and input shape:
+            # eager JAX runs op by op from Python, several times slower
+            # (benchmarks/RESULTS.md). Train steps take the plain path.
+            # Padding first gives every size with the same patch grid one
+            # compiled graph, and the same numbers (a Pad fused into the
+            # graph's convolution rounds differently on TensorFlow).
+            images = centre_pad_to_multiple(images, self.vision_patch_size)
+            return compiled_call.compiled_call(
+                self.vision_encoder,
+                ("encode_images", values_trick, masks is None),
+                lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
+                images,
+                masks,
+            )
         return self.vision_encoder(
             images, masks=masks, training=training, values_trick=values_trick
         )
@@ -228,6 +247,15 @@ class TIPSv2Backbone(Backbone):
                 f"shape (batch, length); got {tuple(token_ids.shape)} and "
                 f"{tuple(padding_mask.shape)}."
             )
+        if not training and compiled_call.can_compile(token_ids, padding_mask):
+            # Compiled per input shape, as encode_images (same reason).
+            return compiled_call.compiled_call(
+                self.text_encoder,
+                ("encode_text",),
+                lambda t, m: self.text_encoder(t, padding_mask=m),
+                token_ids,
+                padding_mask,
+            )
         return self.text_encoder(token_ids, padding_mask=padding_mask, training=training)
 
     def get_intermediate_layers(self, images, indices):
@@ -238,6 +266,15 @@ class TIPSv2Backbone(Backbone):
         heads use them.
         """
         images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
+        indices = tuple(int(i) for i in indices)
+        if compiled_call.can_compile(images):
+            # Compiled per (indices, input shape), as encode_images.
+            return compiled_call.compiled_call(
+                self.vision_encoder,
+                ("get_intermediate_layers", indices),
+                lambda x: self.vision_encoder.intermediate_layers(x, indices),
+                images,
+            )
         return self.vision_encoder.intermediate_layers(images, indices)
 
     def get_config(self):

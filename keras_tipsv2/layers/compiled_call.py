@@ -1,0 +1,89 @@
+"""Compiled inference for the backbone's public calls (encode_images & co).
+
+Why this exists (benchmarks/RESULTS.md has the numbers): called eagerly,
+`encode_images` on JAX dispatches every op from Python, one at a time, and
+is many times slower than the same layer under `jax.jit`; the first eager
+call also compiles each op separately. Users call `encode_images` /
+`encode_text` directly, in loops, so the public calls compile themselves
+once per static configuration (the backend re-traces per input shape and
+keeps each trace).
+
+This is the one place outside training with per-backend code, because a
+measured speed-up demands it:
+- JAX: `jax.jit` of the call with the layer's variables as arguments,
+  through a `StatelessScope` (the same mechanism `Layer.stateless_call`
+  uses), so updated weights are always read.
+- TensorFlow: `tf.function`, traced per shape.
+- torch: eager is torch's native mode; nothing is compiled.
+
+The compiled path is only taken for eager, concrete inputs at inference:
+inside a JAX trace or `StatelessScope` (train steps, `jax.grad`), in a
+TensorFlow graph, for symbolic inputs, or when training, the plain call
+runs, so gradients and train steps behave exactly as before.
+"""
+
+import keras
+
+_CACHE_ATTRIBUTE = "_tipsv2_compiled_calls"
+
+
+def can_compile(*tensors):
+    """Whether the compiled path applies to a call on these inputs."""
+    if any(isinstance(t, keras.KerasTensor) for t in tensors):
+        return False
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+        return not in_stateless_scope() and not any(
+            isinstance(t, jax.core.Tracer) for t in tensors
+        )
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    return False
+
+
+def compiled_call(layer, key, fn, *tensors):
+    """Runs `fn(*tensors)` compiled, reusing one compiled function per `key`.
+
+    Args:
+        layer: the layer whose variables `fn` reads; the cache lives on it.
+        key: hashable; everything static that `fn` closes over (method
+            name, values_trick, indices, whether masks are given).
+        fn: a pure function of `tensors` (None entries allowed).
+        tensors: the tensor arguments, traced per shape.
+    """
+    cache = layer.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
+    if key not in cache:
+        cache[key] = _compile(layer, fn)
+    return cache[key](*tensors)
+
+
+def _compile(layer, fn):
+    backend = keras.config.backend()
+    if backend == "jax":
+        return _jax_function(layer, fn)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    return fn
+
+
+def _jax_function(layer, fn):
+    import jax
+
+    variables = list(layer.variables)
+
+    @jax.jit
+    def pure(values, tensors):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*tensors)
+
+    def call(*tensors):
+        return pure([v.value for v in variables], tensors)
+
+    return call
