@@ -198,3 +198,13 @@ def test_predict_compiles_once_per_input_shape(monkeypatch):
     backbone.predict(data, batch_size=2, verbose=0)
     backbone.predict(data, batch_size=2, verbose=0)
     assert first >= 1 and len(traces) == first
+
+
+def test_temperature_is_trained_and_saved_with_the_weights(tmp_path):
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs(), initial_temperature=0.07)
+    log_t = backbone.contrastive_temperature.log_temperature
+    assert any(v is log_t for v in backbone.trainable_variables)
+    log_t.assign(np.log(0.0123).astype("float32"))
+    backbone.save_to_preset(str(tmp_path))
+    revived = TIPSv2Backbone.from_preset(str(tmp_path))
+    assert abs(float(ops.convert_to_numpy(revived.temperature)) - 0.0123) < 1e-7
