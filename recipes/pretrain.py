@@ -42,9 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
 from keras_tipsv2.data import ShapesWorld  # noqa: E402
-from keras_tipsv2.data import coco_examples  # noqa: E402
 from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
-from keras_tipsv2.data import shapes_examples  # noqa: E402
 from keras_tipsv2.data.shapes_tokenizer import train_shapes_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402
@@ -182,12 +180,7 @@ def parse_args(argv=None):
     budget.add_argument("--minutes", type=float, default=None,
                         help="time budget: measure a step, then plan whole epochs to fit (default 10 for tiny)")
     budget.add_argument("--steps", type=int, default=None, help="train this many steps (rounded up to whole epochs)")
-    data = parser.add_mutually_exclusive_group()
-    data.add_argument("--manifest", help=".jsonl / .csv manifest of image paths and caption fields")
-    data.add_argument("--coco", help="COCO captions JSON (needs --coco-images)")
-    data.add_argument("--tfrecords", help="TFRecord file pattern")
-    parser.add_argument("--coco-images", help="image folder of --coco")
-    parser.add_argument("--tokenizer", help="SentencePiece .model file")
+    recipe_utils.add_data_arguments(parser)
     parser.add_argument("--init-from", help="continue from this preset's backbone and tokenizer, with new heads")
     parser.add_argument("--image-size", type=int, help="override the config's training resolution")
     parser.add_argument("--batch-size", type=int, help="override the config's global batch size")
@@ -203,8 +196,7 @@ def parse_args(argv=None):
                         help="JAX: shard the towers over this many devices (model axis)")
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
     args = parser.parse_args(argv)
-    if args.coco and not args.coco_images:
-        parser.error("--coco needs --coco-images")
+    recipe_utils.check_data_arguments(parser, args)
     return args
 
 
@@ -250,17 +242,6 @@ def tokenizer_proto(args, config, world):
     )
 
 
-def raw_source(args, config, world):
-    """Raw examples: the user's data, or ShapesWorld rendered once into memory."""
-    if args.manifest:
-        return args.manifest
-    if args.tfrecords:
-        return args.tfrecords
-    if args.coco:
-        return coco_examples(args.coco, args.coco_images)
-    return shapes_examples(world, num_samples=config["train_samples"]).cache()
-
-
 def epoch_datasets(source, tokenizer, config, seed, shapes):
     """`epoch -> dataset`: the batches of epoch e depend only on (seed, e)."""
 
@@ -292,15 +273,9 @@ def build_backbone(args, config, proto):
     if args.init_from:
         return TIPSv2Backbone.from_preset(args.init_from)
     kwargs = dict(config["backbone"])
-    vocabulary = _proto_vocabulary_size(proto)
+    vocabulary = recipe_utils.proto_vocabulary_size(proto)
     kwargs["text_vocabulary_size"] = max(kwargs["text_vocabulary_size"], vocabulary)
     return TIPSv2Backbone(**kwargs)
-
-
-def _proto_vocabulary_size(proto):
-    import sentencepiece as spm
-
-    return spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
 
 
 def build_pretrainer(backbone, config, plan, seed):
@@ -374,27 +349,6 @@ def training_summary(info):
     )
 
 
-def final_logs(result):
-    for history in reversed(result["histories"]):
-        if history.history:
-            return {k: float(v[-1]) for k, v in history.history.items()}
-    return {}
-
-
-def logging_callbacks(output):
-    """CSV log (appended across resumes) and, if installed, TensorBoard."""
-    import importlib.util
-
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(output, "log.csv"), append=True)]
-    if importlib.util.find_spec("tensorboard") is None:
-        print("TensorBoard is not installed (pip install tensorboard): writing the CSV log only.")
-    else:
-        callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"), update_freq=10)
-        )
-    return callbacks
-
-
 def apply_distribution(args):
     if not (args.data_parallel or args.model_parallel):
         return
@@ -418,7 +372,7 @@ def main(argv=None):
     if args.fresh and os.path.exists(backup_dir):
         shutil.rmtree(backup_dir)
     apply_distribution(args)
-    shapes = not (args.manifest or args.coco or args.tfrecords)
+    shapes = recipe_utils.uses_shapes(args)
     world = shapes_world(config, "train", seed=args.seed)
     proto = tokenizer_proto(args, config, world)
 
@@ -430,7 +384,7 @@ def main(argv=None):
         # After the last reseed: tf.random.set_seed (inside set_random_seed)
         # frees the tokenizer's SentencePiece resource.
         tokenizer = recipe_utils.tf_data_tokenizer(proto, config["backbone"]["text_max_sequence_length"])
-        source = raw_source(args, config, world)
+        source = recipe_utils.raw_source(args, world, config["train_samples"])
         return epoch_datasets(source, tokenizer, config, args.seed, shapes)
 
     def measure_plan():
@@ -450,7 +404,7 @@ def main(argv=None):
         steps_per_epoch=plan["steps_per_epoch"],
         backup_dir=backup_dir,
         save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
-        callbacks=logging_callbacks(output),
+        callbacks=recipe_utils.logging_callbacks(output),
         verbose=args.verbose,
     )
     seconds = time.perf_counter() - start_time
@@ -467,7 +421,7 @@ def main(argv=None):
         "start_step": result["start_step"],
         "train_seconds": seconds,
         "seconds_per_step": seconds / max(1, trained),
-        "final_logs": final_logs(result),
+        "final_logs": recipe_utils.final_logs(result),
         "parameter_counts": model.parameter_counts(),
         "pretrainer": config["pretrainer"],
     }

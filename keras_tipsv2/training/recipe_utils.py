@@ -13,7 +13,8 @@
 * The run's plan (steps per epoch, epochs, config) is stored beside the
   checkpoint, so a resumed run keeps the schedule of the run it resumes even
   when the plan came from a time budget.
-* Tokenizer choice and atomic preset export.
+* Data-source flags and selection, logging callbacks, tokenizer choice and
+  atomic preset export.
 """
 
 import json
@@ -181,7 +182,76 @@ def measured_seconds_per_step(model, batch, steps=3):
     return (time.perf_counter() - start) / steps
 
 
+# --- Data sources, logging ----------------------------------------------------
+
+
+def add_data_arguments(parser):
+    """The data flags every recipe shares: --manifest / --coco (+
+    --coco-images) / --tfrecords, else ShapesWorld; --tokenizer."""
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--manifest", help=".jsonl / .csv manifest of image paths and caption fields")
+    data.add_argument("--coco", help="COCO captions JSON (needs --coco-images)")
+    data.add_argument("--tfrecords", help="TFRecord file pattern")
+    parser.add_argument("--coco-images", help="image folder of --coco")
+    parser.add_argument("--tokenizer", help="SentencePiece .model file")
+
+
+def check_data_arguments(parser, args):
+    if args.coco and not args.coco_images:
+        parser.error("--coco needs --coco-images")
+
+
+def uses_shapes(args):
+    """Whether no data flag was given, so the recipe trains on ShapesWorld."""
+    return not (args.manifest or args.coco or args.tfrecords)
+
+
+def raw_source(args, world, num_samples):
+    """Raw examples: the user's data, or `num_samples` of the ShapesWorld
+    `world` rendered once into memory."""
+    from keras_tipsv2.data import coco_examples
+    from keras_tipsv2.data import shapes_examples
+
+    if args.manifest:
+        return args.manifest
+    if args.tfrecords:
+        return args.tfrecords
+    if args.coco:
+        return coco_examples(args.coco, args.coco_images)
+    return shapes_examples(world, num_samples=num_samples).cache()
+
+
+def logging_callbacks(output):
+    """CSV log (appended across resumes) and, if installed, TensorBoard."""
+    import importlib.util
+
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(output, "log.csv"), append=True)]
+    if importlib.util.find_spec("tensorboard") is None:
+        print("TensorBoard is not installed (pip install tensorboard): writing the CSV log only.")
+    else:
+        callbacks.append(
+            keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"), update_freq=10)
+        )
+    return callbacks
+
+
+def final_logs(result):
+    """The last epoch's logs of a `fit_resumable` result ({} if none ran)."""
+    for history in reversed(result["histories"]):
+        if history.history:
+            return {k: float(v[-1]) for k, v in history.history.items()}
+    return {}
+
+
 # --- Tokenizer and preset --------------------------------------------------
+
+
+def proto_vocabulary_size(proto):
+    """Number of pieces of a SentencePiece model given as bytes."""
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+
 
 
 def tf_data_tokenizer(proto, sequence_length):
