@@ -413,3 +413,22 @@ def test_foreground_probe_finds_bright_squares_on_tiny_backbone_features():
     x_test, y_test = confident_patches(tokens[8:], patch_mask_means(labels[8:]))
     assert average_precision(y_test, probe.predict_proba(x_test)) > 0.8
     assert probe.predict_map(tokens[8]).shape == (4, 4)
+
+
+def test_cli_converts_a_transformers_decoder_into_a_loadable_task_preset(hf, backbone, tmp_path):
+    from keras_tipsv2 import TIPSv2DepthEstimator
+    from keras_tipsv2.convert.__main__ import main as convert_main
+
+    backbone.save_to_preset(str(tmp_path / "backbone"))
+    hf[1].save_pretrained(tmp_path / "dpt")
+    out = tmp_path / "depth"
+    code = convert_main(
+        ["--dpt", str(tmp_path / "dpt"), "--task", "depth",
+         "--backbone", str(tmp_path / "backbone"), "--output", str(out)]
+    )
+    assert code == 0
+    model = TIPSv2DepthEstimator.from_preset(str(out))
+    images = _images(56, seed=4)
+    np.testing.assert_allclose(
+        _ours(model, images, "depth"), _reference(hf[1], images, "depth"), atol=TOLERANCE, rtol=0
+    )

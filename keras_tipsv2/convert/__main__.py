@@ -3,9 +3,13 @@
     python -m keras_tipsv2.convert --vision V.npz --text T.npz \
         [--tokenizer tokenizer.model] --output DIR
     python -m keras_tipsv2.convert --hf HF_CHECKPOINT_DIR --output DIR
+    python -m keras_tipsv2.convert --dpt DECODER.zip --task depth \
+        --backbone PRESET --output DIR
 
 The official layout (PyTorch or Scenic) is detected from the keys and the
-variant is inferred from the shapes.
+variant is inferred from the shapes. A DPT decoder (official Flax .zip, or a
+transformers Tipsv2Dpt checkpoint directory) becomes a task preset on top
+of a backbone preset.
 """
 
 import argparse
@@ -20,6 +24,11 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--vision", help="official *_vision.npz (PyTorch or Scenic layout)")
     source.add_argument("--hf", help="a transformers TIPSv2 checkpoint directory")
+    source.add_argument(
+        "--dpt", help="a DPT decoder: official Flax .zip or transformers Tipsv2Dpt directory"
+    )
+    parser.add_argument("--task", choices=("depth", "normals", "segmentation"), help="with --dpt")
+    parser.add_argument("--backbone", help="with --dpt: the backbone preset the decoder was trained on")
     parser.add_argument("--text", help="official *_text.npz (with --vision)")
     parser.add_argument("--tokenizer", help="SentencePiece tokenizer.model to ship as a preset asset")
     parser.add_argument("--output", required=True, help="preset directory to write")
@@ -28,10 +37,41 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.vision and not args.text:
         parser.error("--vision needs --text")
+    if args.dpt and not (args.task and args.backbone):
+        parser.error("--dpt needs --task and --backbone")
     return args
 
 
+def convert_dpt(args):
+    import json
+
+    from keras_tipsv2.convert import dpt
+    from keras_tipsv2.convert.preset import write_task_preset
+    from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+
+    backbone = TIPSv2Backbone.from_preset(args.backbone)
+    if os.path.isdir(args.dpt):
+        from keras_tipsv2.convert.hf import open_safetensors
+
+        with open(os.path.join(args.dpt, "config.json")) as f:
+            config = json.load(f)
+        weights = open_safetensors(args.dpt)
+        # The image tower in these files duplicates the backbone preset's.
+        state = {
+            k: weights[k] for k in weights.keys()
+            if not k.startswith(("vision_encoder.", "backbone."))
+        }
+        task = dpt.dense_task_from_hf(config, state, args.task, backbone)
+    else:
+        task = dpt.dense_task_from_flax_zip(args.dpt, args.task, backbone)
+    path = write_task_preset(task, args.output, overwrite=args.overwrite)
+    print(f"Wrote {path}: {args.task} DPT head on {args.backbone}.")
+    return path
+
+
 def convert(args):
+    if args.dpt:
+        return convert_dpt(args)
     from keras_tipsv2.convert.hf import read_hf_dir
     from keras_tipsv2.convert.loading import backbone_from_checkpoint
     from keras_tipsv2.convert.official import load_npz, read_official

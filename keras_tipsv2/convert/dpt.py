@@ -148,6 +148,43 @@ def hf_variable_map(head, neck_prefix="neck.", decoder_prefix="decoder."):
     return entries
 
 
+def hub_variable_map(head, task):
+    """{hub key: (variable, layout kind)}: the official PyTorch decoder names.
+
+    The files on the Hugging Face hub (and `save_pretrained`) keep the
+    official `pytorch/decoders.py` names under `{task}_head.`, e.g.
+    `depth_head.reassemble.readout_projects.0.weight`,
+    `depth_head.fusion_blocks.1.residual_unit.conv1.weight`,
+    `depth_head.depth_head.weight` (tips_reference.md §4.3).
+    """
+    prefix = f"{task}_head."
+    entries = {}
+
+    def add(key, layer, kind="conv"):
+        entries[f"{prefix}{key}.weight"] = (layer.kernel, kind)
+        if layer.use_bias:
+            entries[f"{prefix}{key}.bias"] = (layer.bias, "bias")
+
+    for k in range(head.num_levels):
+        add(f"reassemble.readout_projects.{k}", head.readouts[k].dense, "dense")
+        reassemble = head.reassembles[k]
+        add(f"reassemble.out_projections.{k}", reassemble.projection)
+        if reassemble.resize is not None:
+            add(f"reassemble.resize_layers.{k}", reassemble.resize, _resize_kind(reassemble.factor))
+        add(f"convs.{k}", head.convs[k])
+        block = head.fusion_blocks[k]
+        add(f"fusion_blocks.{k}.out_conv", block.out_conv)
+        units = {"main_unit": block.main_unit}
+        if block.has_residual:
+            units["residual_unit"] = block.residual_unit
+        for name, unit in units.items():
+            add(f"fusion_blocks.{k}.{name}.conv1", unit.conv1)
+            add(f"fusion_blocks.{k}.{name}.conv2", unit.conv2)
+    add("project", head.project)
+    add(f"{task}_head", head.output_dense, "dense")
+    return entries
+
+
 def _assign(entries, arrays, layouts, source):
     """Checks every key and shape first, then writes all variables."""
     missing = sorted(set(entries) - set(arrays))
@@ -249,6 +286,16 @@ def load_hf_dpt_head(head, state_dict, neck_prefix="neck.", decoder_prefix="deco
     return head
 
 
+def load_hub_dpt_head(head, state_dict, task):
+    """Loads the `{task}_head.*` keys of a hub-format Tipsv2Dpt checkpoint."""
+    if not head.built:
+        head.build()
+    prefix = f"{task}_head."
+    arrays = {k: _to_numpy(v) for k, v in state_dict.items() if k.startswith(prefix)}
+    _assign(hub_variable_map(head, task), arrays, TORCH_TO_KERAS, f"Tipsv2Dpt hub file ({prefix}*)")
+    return head
+
+
 def _to_numpy(value):
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
@@ -309,7 +356,10 @@ def dense_task_from_hf(hf_config, state_dict, task, backbone):
         backbone: a `TIPSv2Backbone` whose image tower the head was trained on.
     """
     model = TASKS[task](backbone, **dense_task_kwargs_from_hf(hf_config, task))
-    load_hf_dpt_head(model.head, state_dict, *hf_prefixes(state_dict, task))
+    if any(k.startswith(f"{task}_head.") for k in state_dict):
+        load_hub_dpt_head(model.head, state_dict, task)
+    else:
+        load_hf_dpt_head(model.head, state_dict, *hf_prefixes(state_dict, task))
     return model
 
 

@@ -12,6 +12,20 @@ import tempfile
 
 def write_preset(backbone, output, tokenizer_proto=None, overwrite=False):
     """Saves `backbone` (+ tokenizer and image converter) to `output`."""
+
+    def save(staging):
+        backbone.save_to_preset(staging)
+        _save_preprocessing(staging, tokenizer_proto)
+
+    return _write_atomically(save, output, overwrite)
+
+
+def write_task_preset(task, output, overwrite=False):
+    """Saves a task (its backbone and head weights) to `output`."""
+    return _write_atomically(task.save_to_preset, output, overwrite)
+
+
+def _write_atomically(save, output, overwrite):
     output = os.path.abspath(output)
     if os.path.exists(output) and os.listdir(output):
         if not overwrite:
@@ -23,8 +37,7 @@ def write_preset(backbone, output, tokenizer_proto=None, overwrite=False):
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tipsv2-preset-", dir=parent)
     try:
-        backbone.save_to_preset(staging)
-        _save_preprocessing(staging, tokenizer_proto)
+        save(staging)
         if os.path.exists(output):
             shutil.rmtree(output)
         os.rename(staging, output)
