@@ -336,9 +336,9 @@ def test_save_pictures_writes_a_pca_picture_and_an_overlay(tiny_backbone, tokeni
     pca = Image.open(paths["pca"])
     segmentation = Image.open(paths["segmentation"])
     # 56 px enlarged 4x: image and PCA map side by side with a 4 px gap
-    # (also enlarged), overlay rows of 224 px stacked with a 4 px gap.
+    # (also enlarged); overlay rows of 224 px under 16 px titles, 4 px apart.
     assert pca.size == (4 * (2 * SIZE + 4), 4 * SIZE)
-    assert segmentation.height == 2 * 224 + 4
+    assert segmentation.height == 2 * (16 + 224) + 4
     # The PCA half is not blank.
     pca_half = np.asarray(pca)[:, -4 * SIZE :]
     assert pca_half.reshape(-1, 3).std(axis=0).max() > 10
