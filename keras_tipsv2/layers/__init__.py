@@ -16,3 +16,6 @@ from keras_tipsv2.layers.vision_embedding import (
     centre_pad_to_multiple,
     resize_position_grid,
 )
+from keras_tipsv2.layers.dpt import TIPSv2DPTHead
+from keras_tipsv2.layers.functional import l2_normalize
+from keras_tipsv2.layers.projection_head import TIPSv2ProjectionHead
