@@ -51,7 +51,7 @@ from keras_tipsv2.evaluation.miou import confusion_matrix
 from keras_tipsv2.evaluation.miou import mean_iou
 from keras_tipsv2.evaluation.pictures import segmentation_picture
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
-from keras_tipsv2.visualize import pca_image
+from keras_tipsv2.evaluation.pca import pca_image
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--preset", default="tipsv2_tiny_shapes")

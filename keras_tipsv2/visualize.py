@@ -14,31 +14,9 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
-from keras_tipsv2.evaluation.pca import pca_rgb
-from keras_tipsv2.evaluation.pictures import pca_picture
+from keras_tipsv2.evaluation.pca import pca_image
 from keras_tipsv2.evaluation.pictures import segmentation_picture
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import resize_bicubic
-from keras_tipsv2.models.tipsv2_image_converter import short_side_size
-
-
-def patch_aligned_image(image, short_side, patch_size):
-    """uint8 image resized so the short side is about `short_side` and both
-    sides are whole numbers of patches (each patch then maps to one cell)."""
-    height, width = short_side_size(*image.shape[:2], short_side)
-    size = (
-        max(patch_size, height // patch_size * patch_size),
-        max(patch_size, width // patch_size * patch_size),
-    )
-    return resize_bicubic(image, size)
-
-
-def pca_image(backbone, image, short_side=448):
-    """The image (resized to whole patches) beside its patch-token PCA map."""
-    image = patch_aligned_image(image, short_side, backbone.vision_patch_size)
-    tokens = backbone.encode_images(image[None].astype("float32") / 255.0)
-    pca = ops.convert_to_numpy(pca_rgb(tokens["patch_tokens"][0]))
-    return pca_picture(image, pca)
 
 
 def segmentation_image(segmenter, image, class_names, mode="slide"):

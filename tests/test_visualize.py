@@ -9,7 +9,7 @@ from keras_tipsv2.evaluation.pictures import segmentation_picture
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 from keras_tipsv2.visualize import main as visualize
-from keras_tipsv2.visualize import patch_aligned_image
+from keras_tipsv2.evaluation.pca import patch_aligned_image
 from tests.conftest import tiny_backbone_kwargs
 from tests.spm_utils import train_tiny_spm
 

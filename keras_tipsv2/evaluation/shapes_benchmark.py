@@ -41,7 +41,8 @@ from keras_tipsv2.models.prompt_templates import class_text_embeddings
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import image_as_array
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import resize_bicubic
-from keras_tipsv2.visualize import pca_image
+from keras_tipsv2.models.tipsv2_zero_shot_segmenter import upsampled_scores
+from keras_tipsv2.evaluation.pca import pca_image
 
 VALUES_TRICKS = ("values", "values_no_residual")
 CLS_NAMES = ("cls_1", "cls_2")
@@ -90,9 +91,8 @@ def patch_majority_labels(labels, grid, num_classes):
 
 def upsampled_labels(patch_scores, size):
     """Argmax of (h, w, C) scores bilinearly resized to `size`, the segmenter's rule."""
-    scores = ops.convert_to_tensor(patch_scores, "float32")[None]
-    scores = ops.image.resize(scores, size, interpolation="bilinear", antialias=False)
-    return ops.convert_to_numpy(ops.argmax(scores[0], axis=-1)).astype("int32")
+    scores = upsampled_scores(patch_scores, tuple(size))
+    return ops.convert_to_numpy(ops.argmax(scores, axis=-1)).astype("int32")
 
 
 def patch_oracle_labels(labels, grid, num_classes):

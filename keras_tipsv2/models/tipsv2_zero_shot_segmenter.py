@@ -82,6 +82,15 @@ def resize_bicubic(image, size):
     return np.stack(channels, axis=-1)
 
 
+def upsampled_scores(scores, size):
+    """(h, w, C) class scores bilinearly resized (half-pixel) to `size`.
+
+    The protocol's final step before the argmax, at the annotation size.
+    """
+    scores = ops.convert_to_tensor(scores, "float32")
+    return ops.image.resize(scores[None], size, interpolation="bilinear", antialias=False)[0]
+
+
 class TIPSv2ZeroShotSegmenter:
     """Zero-shot semantic segmentation from a TIPSv2 backbone and tokenizer.
 
@@ -247,10 +256,7 @@ class TIPSv2ZeroShotSegmenter:
             scores = self._slide_scores(prepared, values_trick)
         else:
             scores = self._whole_scores(prepared, values_trick)
-        output_size = tuple(output_size or original_size)
-        scores = ops.image.resize(
-            scores[None], output_size, interpolation="bilinear", antialias=False
-        )[0]
+        scores = upsampled_scores(scores, tuple(output_size or original_size))
         return {
             "labels": ops.convert_to_numpy(ops.argmax(scores, axis=-1)).astype("int32"),
             "scores": ops.convert_to_numpy(scores).astype("float32"),
