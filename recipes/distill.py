@@ -1,0 +1,299 @@
+"""Distil a smaller TIPSv2 student from a frozen teacher with `model.fit`.
+
+The TIPSv2 recipe for its small models (training_recipe.md §2.1): frozen
+teacher, randomly initialised student, no masking, a loss on every patch
+token and on the CLS tokens, plus the image-text contrastive loss against
+the teacher's (frozen) text tower. The student is exported as a KerasHub
+preset (backbone + the teacher's tokenizer + an image converter at the
+training resolution) in OUTPUT/preset.
+
+    python recipes/distill.py --teacher runs/pretrain_tiny/preset            # tiny student, ShapesWorld
+    python recipes/distill.py --teacher tipsv2_l14 --student-config b14 \\
+        --manifest data.jsonl --image-size 224 --output runs/b14_from_l14
+    python recipes/distill.py --teacher PRESET --student-config s14 --mode features --text-tower student
+    python recipes/distill.py --teacher PRESET --student-init tipsv2_b14    # pretrained init instead
+
+Data sources, logging (progress bar, CSV, TensorBoard), checkpoints and
+step-exact resume are the pretraining recipe's (`recipe_utils`): kill the
+run and start the same command again to resume.
+
+Student variants (`STUDENT_VARIANTS`) fix the towers' shapes; the patch
+size, position grid and text length come from the teacher, so the student
+reads the same images and tokens. With the teacher's text tower (the
+default when the student has the teacher's width) the exported preset pairs
+the student's image tower with the teacher's text tower; a narrower student
+trains and exports its own text tower (--text-tower auto picks).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import keras
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
+from keras_tipsv2.data import ShapesWorld  # noqa: E402
+from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
+from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
+from keras_tipsv2.training import recipe_utils  # noqa: E402
+from keras_tipsv2.training.distiller import TIPSv2Distiller  # noqa: E402
+
+# Tower shapes: (width, depth, heads, MLP width, text depth).
+STUDENT_VARIANTS = {
+    "tiny": (64, 2, 4, 256, 1),
+    "s14": (384, 12, 6, 1536, 12),
+    "b14": (768, 12, 12, 3072, 12),
+    "l14": (1024, 24, 16, 4096, 12),
+    "so400m14": (1152, 27, 16, 4304, 27),
+}
+# The training schedule and head of each scale.
+SMALL = dict(
+    batch_size=64, steps_per_epoch=50, epochs=10, learning_rate=2e-3, train_samples=4096,
+    head=dict(head_hidden_dim=1024, head_bottleneck_dim=128, num_prototypes=1024),
+)  # fmt: skip
+LARGE = dict(
+    batch_size=1024, steps_per_epoch=1250, epochs=100, learning_rate=1e-3, train_samples=65536,
+    head=dict(head_hidden_dim=2048, head_bottleneck_dim=256, num_prototypes=32768),
+)  # fmt: skip
+# --quick: an end-to-end smoke run in seconds (tests, CI).
+QUICK = dict(
+    batch_size=4, steps_per_epoch=2, epochs=2, learning_rate=1e-3, train_samples=16,
+    head=dict(head_hidden_dim=32, head_bottleneck_dim=16, num_prototypes=64),
+)  # fmt: skip
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--teacher", required=True, help="teacher preset (name or local dir)")
+    parser.add_argument("--student-config", choices=sorted(STUDENT_VARIANTS), default="tiny")
+    parser.add_argument("--student-init", help="initialise the student from this preset instead (overrides --student-config)")
+    parser.add_argument("--mode", choices=["head", "features"], default="head")
+    parser.add_argument("--feature-loss", choices=["cosine", "smooth_l1"], default="cosine")
+    parser.add_argument("--text-tower", choices=["auto", "teacher", "student"], default="auto",
+                        help="auto: the teacher's if the student has its width, else the student's own")
+    parser.add_argument("--mask-ratio", type=float, default=0.0)
+    parser.add_argument("--caption-sampling", choices=["multi", "alt_text_only"], default="multi")
+    parser.add_argument("--image-size", type=int, help="student resolution (default: the teacher preset's converter size, else 224)")
+    parser.add_argument("--teacher-image-size", type=int, help="teacher resolution (default: the student's)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--steps", type=int, help="train this many steps (rounded up to whole epochs)")
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    parser.add_argument("--output", default="runs/distill", help="run folder")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folder's checkpoint and start over")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 1/2 epoch)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
+    recipe_utils.add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    recipe_utils.check_data_arguments(parser, args)
+    return args
+
+
+def run_config(args):
+    """Schedule and head of this run: by student scale, --quick, overrides."""
+    if args.quick:
+        config = json.loads(json.dumps(QUICK))
+    elif args.student_config == "tiny" and not args.student_init:
+        config = json.loads(json.dumps(SMALL))
+    else:
+        config = json.loads(json.dumps(LARGE))
+    for key in ("batch_size", "learning_rate"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    if args.steps is not None:
+        config["epochs"] = max(1, -(-args.steps // config["steps_per_epoch"]))
+    return config
+
+
+# --- Models -------------------------------------------------------------------
+
+
+def student_backbone(args, teacher, proto):
+    """A fresh student of the chosen variant (shaped to read the teacher's
+    images and tokens), or the --student-init preset."""
+    if args.student_init:
+        return TIPSv2Backbone.from_preset(args.student_init)
+    width, depth, heads, mlp, text_depth = STUDENT_VARIANTS[args.student_config]
+    return TIPSv2Backbone(
+        vision_patch_size=teacher.vision_patch_size,
+        vision_hidden_dim=width,
+        vision_num_layers=depth,
+        vision_num_heads=heads,
+        vision_intermediate_dim=mlp,
+        vision_position_grid=teacher.vision_position_grid,
+        text_vocabulary_size=max(teacher.text_vocabulary_size, recipe_utils.proto_vocabulary_size(proto)),
+        text_hidden_dim=width,
+        text_num_layers=text_depth,
+        text_num_heads=heads,
+        text_intermediate_dim=mlp,
+        text_max_sequence_length=teacher.text_max_sequence_length,
+    )
+
+
+def chosen_text_tower(args, teacher, student):
+    """--text-tower, with "auto" resolved. Fails before training, not after,
+    when the student could not be exported as a standalone backbone."""
+    same_width = student.vision_hidden_dim == teacher.vision_hidden_dim
+    if args.text_tower == "auto":
+        return "teacher" if same_width else "student"
+    if args.text_tower == "teacher" and not same_width:
+        raise SystemExit(
+            f"--text-tower teacher needs a student of the teacher's width "
+            f"({teacher.vision_hidden_dim}) to export a preset that pairs the "
+            f"student's image tower with the teacher's text tower; this student "
+            f"is {student.vision_hidden_dim} wide. Use --text-tower student."
+        )
+    return args.text_tower
+
+
+def build_distiller(args, config, teacher, student, text_tower, plan):
+    model = TIPSv2Distiller(
+        teacher,
+        student,
+        mode=args.mode,
+        text_tower=text_tower,
+        feature_loss=args.feature_loss,
+        mask_ratio=args.mask_ratio,
+        caption_sampling=args.caption_sampling,
+        teacher_image_size=args.teacher_image_size,
+        seed=args.seed,
+        **config["head"],
+    )
+    total = plan["epochs"] * plan["steps_per_epoch"]
+    warmup = int(0.1 * total)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(1, total - warmup),
+        warmup_target=config["learning_rate"],
+        warmup_steps=warmup,
+        alpha=0.01,
+    )
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay))
+    return model
+
+
+# --- Data ---------------------------------------------------------------------
+
+
+def training_image_size(args, teacher):
+    """--image-size, else the teacher preset's converter size, else 224;
+    --quick: four patches a side."""
+    if args.image_size:
+        return args.image_size
+    if args.quick:
+        return 4 * teacher.vision_patch_size
+    from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
+
+    try:
+        size = TIPSv2ImageConverter.from_preset(args.teacher).image_size
+    except Exception:  # no converter in the preset: the backbone's default
+        return 224
+    return int(size[0]) if size else 224
+
+
+def teacher_tokenizer_proto(args):
+    if args.tokenizer:
+        return recipe_utils.read_bytes(args.tokenizer)
+    try:
+        return recipe_utils.preset_tokenizer_proto(args.teacher)
+    except Exception as error:
+        raise SystemExit(
+            f"The teacher preset {args.teacher!r} has no readable tokenizer "
+            f"({error}); pass --tokenizer MODEL.spm."
+        ) from error
+
+
+def epoch_datasets(args, source, tokenizer, config, image_size):
+    """`epoch -> dataset`: the batches of epoch e depend only on (seed, e)."""
+    shapes = recipe_utils.uses_shapes(args)
+
+    def epoch_dataset(epoch):
+        return make_pretraining_dataset(
+            source,
+            tokenizer,
+            batch_size=config["batch_size"],
+            image_size=image_size,
+            caption_mode=args.caption_sampling,
+            seed=recipe_utils.epoch_seed(args.seed, epoch),
+            crop_scale=(0.6, 1.0),
+            # ShapesWorld's captions name colours and left / right.
+            horizontal_flip=not shapes,
+            colour_jitter=not shapes,
+            repeat=True,
+            shuffle_buffer=4096,
+        )
+
+    return epoch_dataset
+
+
+# --- Main ---------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = run_config(args)
+    backup_dir = os.path.join(args.output, "checkpoint")
+    if args.fresh and os.path.exists(backup_dir):
+        shutil.rmtree(backup_dir)
+    proto = teacher_tokenizer_proto(args)
+    plan = recipe_utils.load_or_save_plan(
+        backup_dir,
+        lambda: {"steps_per_epoch": config["steps_per_epoch"], "epochs": config["epochs"]},
+    )
+    keras.utils.set_random_seed(args.seed)
+    teacher = TIPSv2Backbone.from_preset(args.teacher)
+    student = student_backbone(args, teacher, proto)
+    text_tower = chosen_text_tower(args, teacher, student)
+    model = build_distiller(args, config, teacher, student, text_tower, plan)
+    image_size = training_image_size(args, teacher)
+    # After the last reseed: tf.random.set_seed frees the tokenizer's op.
+    tokenizer = recipe_utils.tf_data_tokenizer(proto, teacher.text_max_sequence_length)
+    world = ShapesWorld(image_size=image_size, split="train", seed=args.seed)
+    source = recipe_utils.raw_source(args, world, config["train_samples"])
+    total = plan["epochs"] * plan["steps_per_epoch"]
+    print(f"Distilling {total} steps at {image_size} px into {args.output}")
+    start_time = time.perf_counter()
+    result = recipe_utils.fit_resumable(
+        model,
+        epoch_datasets(args, source, tokenizer, config, image_size),
+        epochs=plan["epochs"],
+        steps_per_epoch=plan["steps_per_epoch"],
+        backup_dir=backup_dir,
+        save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
+        callbacks=recipe_utils.logging_callbacks(args.output),
+        verbose=args.verbose,
+    )
+    seconds = time.perf_counter() - start_time
+    preset = recipe_utils.export_preset(
+        model.student_backbone(), os.path.join(args.output, "preset"), proto, image_size
+    )
+    info = {
+        "teacher": args.teacher,
+        "student": args.student_init or args.student_config,
+        "mode": args.mode,
+        "text_tower": text_tower,
+        "backend": keras.backend.backend(),
+        "steps": total,
+        "image_size": image_size,
+        "start_step": result["start_step"],
+        "train_seconds": seconds,
+        "final_logs": recipe_utils.final_logs(result),
+    }
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"train": info}, f, indent=2)
+    print(f"Student preset written to {preset}")
+    return {"output": args.output, "preset": preset, "train": info}
+
+
+if __name__ == "__main__":
+    main()
