@@ -14,6 +14,7 @@ from keras_tipsv2.training.losses import (
     clip_contrastive_loss,
     dino_cls_loss,
     dual_contrastive_loss,
+    feature_matching_loss,
     koleo_loss,
     patch_loss,
     sinkhorn_knopp,
@@ -25,6 +26,7 @@ from keras_tipsv2.training.masking import (
     block_patch_masks_batch,
     random_patch_masks,
 )
+from keras_tipsv2.training.distiller import TIPSv2Distiller
 from keras_tipsv2.training.pretrainer import TIPSv2Pretrainer
 from keras_tipsv2.training.schedules import cosine_increase, linear_warmup
 from keras_tipsv2.training.train_step import TIPSv2TrainingModel, clip_by_global_norm
