@@ -61,6 +61,14 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         pass
 
+    def _save_model(self):
+        # JAX's fit keeps the training state outside the variables between
+        # syncs: without one, a mid-epoch backup would hold the weights of
+        # the epoch's start.
+        if keras.backend.backend() == "jax":
+            self.model.jax_state_sync()
+        super()._save_model()
+
     def on_epoch_begin(self, epoch, logs=None):
         # A mid-epoch backup records the epoch it was taken in.
         self._current_epoch = epoch

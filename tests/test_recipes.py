@@ -1,0 +1,139 @@
+"""The pretraining recipe end to end, and step-exact resume after a kill."""
+
+import os
+import shutil
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.training import recipe_utils
+from tests.test_pretrainer import make_batch
+from tests.test_pretrainer import make_pretrainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "recipes"))
+
+STEPS_PER_EPOCH = 3
+EPOCHS = 2
+KILL_AT = 4  # global step: epoch 1, batch 1
+
+
+def epoch_dataset(epoch):
+    """Batches keyed by epoch, with explicit masks (the in-step mask seed is
+    not checkpointed, so random masks would differ after a restore)."""
+    batches = []
+    for i in range(STEPS_PER_EPOCH):
+        batch = make_batch(seed=10 * epoch + i, crops=False)
+        batch["masks"] = np.random.default_rng(10 * epoch + i).uniform(size=(8, 2, 2)) < 0.5
+        batches.append(batch)
+    stacked = {k: (np.stack([b[k] for b in batches]) if not isinstance(batches[0][k], dict)
+                   else {kk: np.stack([b[k][kk] for b in batches]) for kk in batches[0][k]})
+               for k in batches[0]}
+    return tf.data.Dataset.from_tensor_slices(stacked)
+
+
+class Kill(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(ops.convert_to_numpy(self.model.optimizer.iterations)) == KILL_AT:
+            raise KeyboardInterrupt("killed")
+
+
+class Record(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.steps = [], 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+def fit(model, backup_dir, callbacks=()):
+    return recipe_utils.fit_resumable(
+        model, epoch_dataset, EPOCHS, STEPS_PER_EPOCH, backup_dir,
+        save_every=1, callbacks=list(callbacks), verbose=0,
+    )
+
+
+def numpy_weights(weights):
+    return [ops.convert_to_numpy(w).copy() for w in weights]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted run, and a run killed at step 4 then restarted."""
+    root = tmp_path_factory.mktemp("resume")
+    straight = make_pretrainer()
+    fit(straight, str(root / "straight"))
+    killed = make_pretrainer()
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, str(root / "killed"), [Kill()])
+    at_kill = numpy_weights(killed.teacher_head.weights)
+    shutil.copytree(root / "killed", root / "at_kill")  # the restart overwrites it
+    restarted = make_pretrainer()
+    record = Record()
+    result = fit(restarted, str(root / "killed"), [record])
+    return dict(
+        straight=straight, at_kill=at_kill, restarted=restarted, record=record,
+        result=result, backup_dir=str(root / "at_kill"),
+    )
+
+
+def test_restart_resumes_at_the_killed_step_not_from_scratch(runs):
+    assert runs["result"]["start_step"] == KILL_AT
+    assert runs["record"].steps == EPOCHS * STEPS_PER_EPOCH - KILL_AT
+    assert runs["record"].epochs == [1]  # only the interrupted epoch's rest
+
+
+def test_restart_ends_with_the_same_schedule(runs):
+    restarted = runs["restarted"]
+    assert int(ops.convert_to_numpy(restarted.optimizer.iterations)) == EPOCHS * STEPS_PER_EPOCH
+    assert int(ops.convert_to_numpy(restarted.step_counter)) == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_restore_loads_the_checkpointed_ema_teacher_and_optimizer_step(runs):
+    model = make_pretrainer()
+    step = recipe_utils.ResumableBackupAndRestore(runs["backup_dir"]).restore(model)
+    assert step == KILL_AT
+    assert int(ops.convert_to_numpy(model.step_counter)) == KILL_AT
+    for got, want in zip(numpy_weights(model.teacher_head.weights), runs["at_kill"]):
+        np.testing.assert_array_equal(got, want)
+    # The checkpointed teacher is not the initial one.
+    initial = numpy_weights(make_pretrainer().teacher_head.weights)
+    assert not np.allclose(runs["at_kill"][0], initial[0], atol=1e-6)
+
+
+def test_killed_and_resumed_run_matches_the_uninterrupted_run(runs):
+    for a, b in zip(runs["straight"].weights, runs["restarted"].weights):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-4, atol=1e-5, err_msg=a.path
+        )
+    for a, b in zip(runs["straight"].optimizer.variables, runs["restarted"].optimizer.variables):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-4, atol=1e-6, err_msg=a.path
+        )
+
+
+def test_quick_recipe_run_writes_a_loadable_preset_and_a_report(tmp_path):
+    import pretrain
+
+    out = pretrain.main(["--quick", "--output", str(tmp_path / "run"), "--verbose", "0"])
+    backbone = TIPSv2Backbone.from_preset(out["preset"])
+    trained = out["train"]
+    assert trained["steps"] == 4 and trained["start_step"] == 0
+    images = np.random.default_rng(0).uniform(size=(1, 32, 32, 3)).astype("float32")
+    tokens = backbone.encode_images(images)["patch_tokens"]
+    assert tuple(tokens.shape) == (1, 4, 4, 32)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Zero-shot segmentation mIoU" in report and "all background" in report
+    for name in ("pca.png", "segmentation.png", "log.csv", "results.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    for name in ("config.json", "tokenizer.json", "image_converter.json"):
+        assert os.path.exists(os.path.join(out["preset"], name)), name
