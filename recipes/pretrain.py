@@ -429,13 +429,14 @@ def main(argv=None):
         model.backbone, os.path.join(output, "preset"), proto, config["image_size"]
     )
     print(f"Preset written to {preset}")
+    evaluation = None
     if shapes and not args.no_eval:
-        _, report = evaluate_and_write(model.backbone, proto, config, args, output, info)
+        evaluation, report = evaluate_and_write(model.backbone, proto, config, args, output, info)
         print(report)
     else:
         with open(os.path.join(output, "results.json"), "w") as f:
             json.dump({"train": info}, f, indent=2)
-    return {"output": output, "preset": preset, "train": info}
+    return {"output": output, "preset": preset, "train": info, "evaluation": evaluation}
 
 
 if __name__ == "__main__":
