@@ -152,7 +152,9 @@ def augmented_view(
         view = random_flip(view, seeds[1])
     if jitter:
         view = colour_jitter(view, seeds[2])
-    return view
+    # Decoded images have an unknown channel count in the graph; models
+    # check (B, H, W, 3) statically (TensorFlow traces with this shape).
+    return tf.ensure_shape(view, [size, size, 3])
 
 
 def local_crops(
