@@ -73,6 +73,8 @@ def distilled():
     history = model.fit(data, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, verbose=0)
     records["history"] = history.history
     records["cosine_after"] = patch_cosine(student, teacher, held_out)
+    # Shown with `pytest -rP`: the numbers the distillation report quotes.
+    print(f"patch cosine to the teacher: {records['cosine_before']:.3f} -> {records['cosine_after']:.3f}")
     return model, records
 
 
