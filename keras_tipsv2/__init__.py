@@ -21,6 +21,7 @@ from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 from keras_tipsv2.models.tipsv2_zero_shot_classifier import TIPSv2ZeroShotClassifier
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
 
+from keras_tipsv2.training.distiller import TIPSv2Distiller
 from keras_tipsv2.training.pretrainer import TIPSv2Pretrainer
 
 register_presets(backbone_presets, TIPSv2Backbone)
