@@ -77,12 +77,15 @@ def row_values(result):
     return values
 
 
-def mean_spread(values, percent):
-    values = np.asarray(values, "float64") * (100.0 if percent else 1.0)
+def mean_spread(key, values):
+    """One table cell: mean ± sample std (percent for scores)."""
+    values = np.asarray(values, "float64")
+    if key == "trained+EMA params":  # the same for every seed
+        return f"{int(values[0]):,}"
+    if key != "s/step":
+        values = 100.0 * values
     spread = values.std(ddof=1) if len(values) > 1 else float("nan")
-    if not percent and values.mean() > 1e5:
-        return f"{values.mean() / 1e6:.2f} M"
-    return f"{values.mean():.1f} ± {spread:.1f}" if percent else f"{values.mean():.2f} ± {spread:.2f}"
+    return f"{values.mean():.1f} ± {spread:.1f}" if key != "s/step" else f"{values.mean():.2f} ± {spread:.2f}"
 
 
 def markdown_table(rows, floors, command):
@@ -90,7 +93,7 @@ def markdown_table(rows, floors, command):
     keys = list(rows[0][1][0])
     lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for name, runs in rows:
-        cells = [mean_spread([r[k] for r in runs], percent=k not in ("s/step", "trained+EMA params")) for k in keys]
+        cells = [mean_spread(k, [r[k] for r in runs]) for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     notes = ", ".join(f"{k} {100 * v:.1f}" for k, v in floors.items())
     return (
