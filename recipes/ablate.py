@@ -71,7 +71,7 @@ def row_values(result):
     values["classification colour"] = evaluation["classification"]["colour"]["cls_1"]
     values["classification shape"] = evaluation["classification"]["shape"]["cls_1"]
     values["R@1 image->text"] = evaluation["retrieval"]["cls_2"]["image_to_text@1"]
-    values["s/step"] = train["seconds_per_step"]
+    values["s/step"] = train["seconds_per_step"] or float("nan")
     counts = train["parameter_counts"]
     values["trained+EMA params"] = counts["trained"] + counts["ema"]
     return values

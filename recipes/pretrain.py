@@ -340,12 +340,16 @@ def evaluate_and_write(backbone, proto, config, args, output, train_info):
 
 
 def training_summary(info):
-    return (
+    text = (
         f"**Training**: {info['steps']} steps of batch {info['batch_size']} at "
         f"{info['image_size']} px ({info['epochs']} epochs x {info['steps_per_epoch']}), "
-        f"{info['train_seconds']:.0f} s of training in this process "
-        f"({info['seconds_per_step']:.2f} s/step), backend {info['backend']}, "
-        f"resumed from step {info['start_step']}; final loss {info['final_logs'].get('loss', float('nan')):.3f}."
+        f"backend {info['backend']}, started in this process at step {info['start_step']}"
+    )
+    if info["seconds_per_step"] is None:
+        return text + " (the checkpoint had finished training)."
+    return text + (
+        f"; {info['train_seconds']:.0f} s of training ({info['seconds_per_step']:.2f} s/step), "
+        f"final loss {info['final_logs'].get('loss', float('nan')):.3f}."
     )
 
 
@@ -420,7 +424,7 @@ def main(argv=None):
         "image_size": config["image_size"],
         "start_step": result["start_step"],
         "train_seconds": seconds,
-        "seconds_per_step": seconds / max(1, trained),
+        "seconds_per_step": seconds / trained if trained else None,
         "final_logs": recipe_utils.final_logs(result),
         "parameter_counts": model.parameter_counts(),
         "pretrainer": config["pretrainer"],
