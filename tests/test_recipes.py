@@ -121,13 +121,19 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_run(runs):
         )
 
 
-def test_quick_recipe_run_writes_a_loadable_preset_and_a_report(tmp_path):
+def test_quick_recipe_run_writes_a_loadable_preset_and_a_report(tmp_path, capsys):
     import pretrain
 
-    out = pretrain.main(["--quick", "--output", str(tmp_path / "run"), "--verbose", "0"])
+    # --minutes takes the README main command's path: a step measured on a
+    # tf.data batch plans the epochs that fit the budget.
+    out = pretrain.main(
+        ["--quick", "--minutes", "0.01", "--output", str(tmp_path / "run"), "--verbose", "0"]
+    )
+    assert "s/step ->" in capsys.readouterr().out
     backbone = TIPSv2Backbone.from_preset(out["preset"])
     trained = out["train"]
-    assert trained["steps"] == 4 and trained["start_step"] == 0
+    assert trained["start_step"] == 0 and trained["epochs"] >= 1
+    assert trained["steps"] == trained["epochs"] * trained["steps_per_epoch"]
     images = np.random.default_rng(0).uniform(size=(1, 32, 32, 3)).astype("float32")
     tokens = backbone.encode_images(images)["patch_tokens"]
     assert tuple(tokens.shape) == (1, 4, 4, 32)

@@ -10,12 +10,18 @@ import shutil
 import tempfile
 
 
-def write_preset(backbone, output, tokenizer_proto=None, overwrite=False):
-    """Saves `backbone` (+ tokenizer and image converter) to `output`."""
+def write_preset(backbone, output, tokenizer_proto=None, image_size=448, overwrite=False):
+    """Saves `backbone` (+ tokenizer and image converter) to `output`.
+
+    Args:
+        tokenizer_proto: SentencePiece model, a path or the model's bytes.
+        image_size: side of the square images the converter produces: the
+            published models' 448, or the resolution a model was trained at.
+    """
 
     def save(staging):
         backbone.save_to_preset(staging)
-        _save_preprocessing(staging, tokenizer_proto)
+        _save_preprocessing(staging, tokenizer_proto, image_size)
 
     return _write_atomically(save, output, overwrite)
 
@@ -47,13 +53,13 @@ def _write_atomically(save, output, overwrite):
     return output
 
 
-def _save_preprocessing(directory, tokenizer_proto):
+def _save_preprocessing(directory, tokenizer_proto, image_size):
     from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
 
-    TIPSv2ImageConverter().save_to_preset(directory)
+    TIPSv2ImageConverter(image_size=(image_size, image_size)).save_to_preset(directory)
     if tokenizer_proto is not None:
         from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 
-        if not os.path.exists(tokenizer_proto):
+        if isinstance(tokenizer_proto, str) and not os.path.exists(tokenizer_proto):
             raise FileNotFoundError(f"Tokenizer model not found: {tokenizer_proto}")
         TIPSv2Tokenizer(proto=tokenizer_proto).save_to_preset(directory)

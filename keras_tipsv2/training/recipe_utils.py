@@ -19,8 +19,6 @@
 
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import keras
@@ -183,6 +181,11 @@ def measured_seconds_per_step(model, batch, steps=3):
     Trains the model on those steps: call it on a throw-away copy, or accept
     the few extra steps.
     """
+    # A batch drawn from tf.data holds TensorFlow tensors; JAX and torch
+    # train steps take numpy.
+    batch = keras.tree.map_structure(
+        lambda t: t.numpy() if hasattr(t, "numpy") else t, batch
+    )
     model.train_on_batch(batch)
     start = time.perf_counter()
     for _ in range(steps):
@@ -307,23 +310,7 @@ def export_preset(backbone, output, tokenizer_proto, image_size):
         image_size: the training resolution the converter resizes to.
     """
     from keras_tipsv2.convert.preset import write_preset
-    from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
 
-    output = os.path.abspath(output)
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".tipsv2-export-", dir=parent)
-    try:
-        proto_path = os.path.join(scratch, "tokenizer.model")
-        with open(proto_path, "wb") as f:
-            f.write(tokenizer_proto)
-        staged = write_preset(backbone, os.path.join(scratch, "preset"), proto_path)
-        # write_preset saves the 448 px default converter; a model trained at
-        # another resolution should be fed images of that resolution.
-        TIPSv2ImageConverter(image_size=(image_size, image_size)).save_to_preset(staged)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.rename(staged, output)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return output
+    return write_preset(
+        backbone, output, tokenizer_proto, image_size=image_size, overwrite=True
+    )
