@@ -39,7 +39,7 @@ def main():
     ids = rng.integers(1, 64, (3, 12)).astype("int32")
     mask = np.ones_like(ids)
     mask[1, 5:] = 0
-    print(f"| backend | layout | size | CLS tokens | patch tokens | text | temperature |")
+    print("| backend | layout | size | CLS tokens | patch tokens | text | temperature |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for layout in ("hf", "pytorch", "scenic"):
         for swiglu in (False, True):

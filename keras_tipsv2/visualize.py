@@ -11,7 +11,6 @@ legend of the classes found.
 import argparse
 
 import numpy as np
-from keras import ops
 from PIL import Image
 
 from keras_tipsv2.evaluation.pca import pca_image

@@ -1,6 +1,5 @@
 """The conversion CLI, preset loading from checkpoints, and bad checkpoints."""
 
-import json
 import os
 import tracemalloc
 
@@ -119,7 +118,7 @@ def test_conversion_reads_one_tensor_at_a_time(official_npz):
     # Arrays are converted lazily, one at a time, straight into the model: the
     # host memory the conversion adds stays far below the checkpoint's size
     # (the bound that makes g/14 convert in ~2x its size: file + model).
-    from keras_tipsv2.convert import backbone_from_checkpoint, load_npz
+    from keras_tipsv2.convert import load_npz
 
     vision_path, text_path, vision, text = official_npz
     checkpoint_bytes = sum(a.nbytes for a in vision.values()) + sum(a.nbytes for a in text.values())

@@ -5,7 +5,6 @@ weights reach our model through the Hugging Face reader, the official
 PyTorch npz reader and the official Scenic npz reader. Float32, <= 1e-4.
 """
 
-import keras
 import numpy as np
 import pytest
 from keras import ops

@@ -11,9 +11,7 @@ import math
 import numpy as np
 
 from keras_tipsv2.convert.checkpoint import (
-    Checkpoint,
     CheckpointError,
-    KeyReader,
     block_count,
     heads_for_width,
 )

@@ -180,7 +180,7 @@ class TIPSv2Backbone(Backbone):
         checkpoint = tipsv2_preset_loading.checkpoint_for(preset)
         if checkpoint is None:
             return super().from_preset(preset, load_weights=load_weights, **kwargs)
-        from keras_tipsv2.convert.loading import backbone_from_checkpoint, load_checkpoint
+        from keras_tipsv2.convert.loading import backbone_from_checkpoint
 
         if not load_weights:
             config = dict(checkpoint.config)
