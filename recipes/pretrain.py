@@ -21,11 +21,13 @@ alignment of object identity only emerges when an object covers several
 patches, so 64 px images with patch 8 and objects of radius 20-40 % of the
 side (1.6-3.2 patches); the contrastive loss does most of the work in ten
 minutes, while DINO / iBOT++ start from random prototypes and pay off later,
-so their weights are halved (0.5 and 1.0 instead of 1 and 2; the 1:2 ratio
-of the recipe is kept), the teacher temperature warms up over the first
-third of training and the prototypes stay frozen for the first epoch; the
-head is small (1024 hidden, 128 bottleneck, 1024 prototypes) because on a
-CPU the head's logits over B x 64 patches cost as much as the tower.
+so their weights are cut to 0.1 and 0.2 (the recipe's 1:2 ratio kept; one
+600-step run each on jax: colour mIoU 14.9 / 17.7 (values / no residual)
+and image->text R@1 27.0 against 14.2 / 13.3 and 14.5 with 0.5 and 1.0),
+the teacher temperature warms up over the first third of training and the
+prototypes stay frozen for the first epoch; the head is small (512 hidden,
+128 bottleneck, 1024 prototypes) because on a CPU the head's logits over
+B x 64 patches cost as much as the tower.
 """
 
 import argparse
@@ -36,7 +38,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -91,8 +92,8 @@ CONFIGS = {
             num_prototypes=1024,
             ema_momentum=0.99,
             contrastive_weight=1.0,
-            dino_weight=0.5,
-            patch_weight=1.0,
+            dino_weight=0.1,
+            patch_weight=0.2,
             warmup_teacher_temperature=0.04,
             teacher_temperature=0.07,
         ),
