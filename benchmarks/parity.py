@@ -16,22 +16,9 @@ from keras import ops
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_tipsv2.convert import backbone_from_checkpoint, read_hf, read_official  # noqa: E402
 from tests import checkpoint_writers as cw  # noqa: E402
 
 SIZES = [(448, 448), (224, 224), (280, 420)]
-
-
-def converted(model, layout):
-    sd = cw.state_numpy(model)
-    v, t = model.config.vision_config, model.config.text_config
-    if layout == "hf":
-        return backbone_from_checkpoint(read_hf(model.config.to_dict(), sd))
-    if layout == "pytorch":
-        vision, text = cw.to_official_pytorch(sd, v.num_hidden_layers, t.num_hidden_layers)
-        return backbone_from_checkpoint(read_official(vision, text, num_heads=v.num_attention_heads))
-    vision, text = cw.to_official_scenic(sd, v.num_hidden_layers, t.num_hidden_layers, v.num_attention_heads)
-    return backbone_from_checkpoint(read_official(vision, text))
 
 
 def main():
@@ -44,7 +31,7 @@ def main():
     for layout in ("hf", "pytorch", "scenic"):
         for swiglu in (False, True):
             model = cw.tiny_hf_model(seed=1, layout=layout, swiglu=swiglu)
-            backbone = converted(model, layout)
+            backbone = cw.backbone_in_layout(model, layout)
             for size in SIZES if not swiglu else SIZES[-1:]:
                 images = rng.random((2,) + size + (3,)).astype("float32")
                 cls_ref, patch_ref, text_ref, t_ref = cw.hf_outputs(model, images, ids, mask)

@@ -170,6 +170,26 @@ def to_official_scenic(sd, num_vision_layers, num_text_layers, heads):
     return v, t
 
 
+def backbone_in_layout(model, layout):
+    """Our backbone, read from `model`'s weights written in `layout`.
+
+    layout: "hf" (the transformers state dict), "pytorch" or "scenic" (the
+    official npz layouts, built here from the same weights).
+    """
+    from keras_tipsv2.convert import backbone_from_checkpoint, read_hf, read_official
+
+    sd = state_numpy(model)
+    v, t = model.config.vision_config, model.config.text_config
+    if layout == "hf":
+        return backbone_from_checkpoint(read_hf(model.config.to_dict(), sd))
+    if layout == "pytorch":
+        vision, text = to_official_pytorch(sd, v.num_hidden_layers, t.num_hidden_layers)
+        # Tiny widths are not published TIPS widths: heads must be given.
+        return backbone_from_checkpoint(read_official(vision, text, num_heads=v.num_attention_heads))
+    vision, text = to_official_scenic(sd, v.num_hidden_layers, t.num_hidden_layers, v.num_attention_heads)
+    return backbone_from_checkpoint(read_official(vision, text))
+
+
 def hf_outputs(model, images, token_ids, padding_mask):
     """Reference outputs as numpy: cls (B,2,D), patches (B,h*w,D), text (B,D), t."""
     with torch.no_grad():

@@ -9,30 +9,17 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_tipsv2.convert import backbone_from_checkpoint, read_hf, read_official
+from keras_tipsv2.convert import backbone_from_checkpoint, read_official
 from tests import checkpoint_writers as cw
 
 TOLERANCE = 1e-4
 SIZES = [(448, 448), (224, 224), (280, 420)]
 
 
-def _convert(model, layout):
-    sd = cw.state_numpy(model)
-    vcfg, tcfg = model.config.vision_config, model.config.text_config
-    if layout == "hf":
-        return backbone_from_checkpoint(read_hf(model.config.to_dict(), sd))
-    if layout == "pytorch":
-        v, t = cw.to_official_pytorch(sd, vcfg.num_hidden_layers, tcfg.num_hidden_layers)
-        # Tiny widths are not published TIPS widths: heads must be given.
-        return backbone_from_checkpoint(read_official(v, t, num_heads=vcfg.num_attention_heads))
-    v, t = cw.to_official_scenic(sd, vcfg.num_hidden_layers, tcfg.num_hidden_layers, vcfg.num_attention_heads)
-    return backbone_from_checkpoint(read_official(v, t))
-
-
 def _pair(name):
     layout, _, swiglu = name.partition("-")
     model = cw.tiny_hf_model(seed=len(name), layout=layout, swiglu=bool(swiglu))
-    return model, _convert(model, layout)
+    return model, cw.backbone_in_layout(model, layout)
 
 
 @pytest.fixture(scope="module", params=["hf", "pytorch", "scenic"])
@@ -104,11 +91,11 @@ def test_functional_call_matches_encoders(pair):
 
 def test_official_layouts_are_read_as_their_reference_semantics():
     model = cw.tiny_hf_model(seed=5, layout="scenic")
-    scenic = _convert(model, "scenic")
+    scenic = cw.backbone_in_layout(model, "scenic")
     assert scenic.vision_mlp_activation == "gelu_tanh"
     assert scenic.text_layer_norm_epsilon == 1e-6
     assert not scenic.vision_layer_scale  # Scenic has no LayerScale
-    pytorch = _convert(cw.tiny_hf_model(seed=6), "pytorch")
+    pytorch = cw.backbone_in_layout(cw.tiny_hf_model(seed=6), "pytorch")
     assert pytorch.vision_mlp_activation == "gelu"
     assert pytorch.text_layer_norm_epsilon == 1e-5
     assert pytorch.vision_layer_scale  # random gammas are kept exactly
