@@ -50,6 +50,11 @@ def test_cli_writes_a_preset_that_reproduces_the_reference(oracle, official_npz,
     images = np.random.default_rng(0).random((1, 56, 56, 3)).astype("float32")
     patches = ops.convert_to_numpy(backbone.encode_images(images)["patch_tokens"])
     np.testing.assert_allclose(patches.reshape(1, -1, 32), _reference_patches(oracle, images), atol=1e-4)
+    # The shipped tokenizer pads to the text tower's length.
+    from keras_tipsv2 import TIPSv2Tokenizer
+
+    tokenizer = TIPSv2Tokenizer.from_preset(str(out))
+    assert tokenizer.sequence_length == backbone.text_max_sequence_length == 64
 
 
 @pytest.mark.parametrize("swiglu", [False, True], ids=["mlp", "swiglu"])
@@ -62,8 +67,20 @@ def test_transformers_checkpoint_dir_loads_directly_and_converts(swiglu, tmp_pat
     images = np.random.default_rng(1).random((1, 56, 56, 3)).astype("float32")
     patches = ops.convert_to_numpy(backbone.encode_images(images)["patch_tokens"])
     np.testing.assert_allclose(patches.reshape(1, -1, 32), _reference_patches(oracle, images), atol=1e-4)
-    assert convert_main(["--hf", str(tmp_path / "hf"), "--output", str(tmp_path / "p")]) == 0
-    assert TIPSv2Backbone.from_preset(str(tmp_path / "p")).vision_position_grid == (4, 4)
+    spm = train_tiny_spm(str(tmp_path))
+    assert convert_main(
+        ["--hf", str(tmp_path / "hf"), "--tokenizer", spm, "--output", str(tmp_path / "p")]
+    ) == 0
+    converted = TIPSv2Backbone.from_preset(str(tmp_path / "p"))
+    assert converted.vision_position_grid == (4, 4)
+    # A shortened text tower (16 positions here) gets a tokenizer padding to 16.
+    from keras_tipsv2 import TIPSv2Tokenizer
+
+    tokenizer = TIPSv2Tokenizer.from_preset(str(tmp_path / "p"))
+    assert tokenizer.sequence_length == converted.text_max_sequence_length == 16
+    tokens = tokenizer(["a photo of a cat"])
+    ids = np.minimum(ops.convert_to_numpy(tokens["token_ids"]), 63)  # the oracle's vocabulary is 64
+    assert converted.encode_text(ids, tokens["padding_mask"]).shape == (1, 32)
 
 
 def test_a_missing_key_is_named(official_npz):

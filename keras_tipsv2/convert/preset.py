@@ -21,7 +21,9 @@ def write_preset(backbone, output, tokenizer_proto=None, image_size=448, overwri
 
     def save(staging):
         backbone.save_to_preset(staging)
-        _save_preprocessing(staging, tokenizer_proto, image_size)
+        _save_preprocessing(
+            staging, tokenizer_proto, image_size, backbone.text_max_sequence_length
+        )
 
     return _write_atomically(save, output, overwrite)
 
@@ -53,7 +55,7 @@ def _write_atomically(save, output, overwrite):
     return output
 
 
-def _save_preprocessing(directory, tokenizer_proto, image_size):
+def _save_preprocessing(directory, tokenizer_proto, image_size, sequence_length):
     from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
 
     TIPSv2ImageConverter(image_size=(image_size, image_size)).save_to_preset(directory)
@@ -62,4 +64,7 @@ def _save_preprocessing(directory, tokenizer_proto, image_size):
 
         if isinstance(tokenizer_proto, str) and not os.path.exists(tokenizer_proto):
             raise FileNotFoundError(f"Tokenizer model not found: {tokenizer_proto}")
-        TIPSv2Tokenizer(proto=tokenizer_proto).save_to_preset(directory)
+        # Padded to the text tower's length, which small models shorten.
+        TIPSv2Tokenizer(proto=tokenizer_proto, sequence_length=sequence_length).save_to_preset(
+            directory
+        )
