@@ -9,6 +9,7 @@ from keras_tipsv2.training import TIPSv2Pretrainer
 from keras_tipsv2.training import losses
 from keras_tipsv2.training.distiller import TIPSv2Distiller
 from tests.conftest import tiny_backbone_kwargs
+from tests.test_pretrainer import make_batch as pretrainer_batch
 
 BATCH = 8
 HEAD = dict(head_hidden_dim=32, head_bottleneck_dim=16, num_prototypes=64)
@@ -26,20 +27,9 @@ def tiny_student(**overrides):
     )
 
 
-def make_batch(seed=0, batch=BATCH, size=28):
-    rng = np.random.default_rng(seed)
-
-    def text():
-        ids = rng.integers(1, 64, (batch, 8)).astype("int32")
-        mask = np.ones((batch, 8), "int32")
-        ids[:, 6:], mask[:, 6:] = 0, 0
-        return {"token_ids": ids, "padding_mask": mask}
-
-    return {
-        "images": rng.uniform(size=(batch, size, size, 3)).astype("float32"),
-        "alt_text": text(),
-        "caption": text(),
-    }
+def make_batch(seed=0, batch=BATCH):
+    # The pretrainer tests' batch, without local crops (the distiller has none).
+    return pretrainer_batch(seed=seed, batch=batch, crops=False)
 
 
 def numpy_weights(layer):
