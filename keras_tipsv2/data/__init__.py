@@ -1,15 +1,13 @@
-"""tf.data pipelines for TIPSv2 pretraining and the synthetic ShapesWorld set."""
+"""Input pipelines for TIPSv2 pretraining and the synthetic ShapesWorld set.
 
-from keras_tipsv2.data.captions import CAPTION_MODES
-from keras_tipsv2.data.captions import caption_pair
-from keras_tipsv2.data.captions import sample_caption
-from keras_tipsv2.data.coco import coco_examples
-from keras_tipsv2.data.manifest import manifest_examples
-from keras_tipsv2.data.manifest import read_manifest
-from keras_tipsv2.data.pipeline import SkipCounter
-from keras_tipsv2.data.pipeline import make_pretraining_dataset
-from keras_tipsv2.data.pipeline import raw_examples
-from keras_tipsv2.data.pipeline import shapes_examples
+ShapesWorld and the NumPy batch source (`ShapesWorldBatches`) need no
+TensorFlow, so JAX- or torch-only machines (an accelerator image without
+TensorFlow, say) can train on ShapesWorld. The tf.data pipelines are
+imported on first use, so `import keras_tipsv2.data` works without it.
+"""
+
+import importlib
+
 from keras_tipsv2.data.shapes import COLOURS
 from keras_tipsv2.data.shapes import SHAPES
 from keras_tipsv2.data.shapes import VOCABULARIES
@@ -17,5 +15,27 @@ from keras_tipsv2.data.shapes import ShapesWorld
 from keras_tipsv2.data.shapes import class_names
 from keras_tipsv2.data.shapes import write_ade_layout
 from keras_tipsv2.data.shapes import write_manifest
-from keras_tipsv2.data.tfrecord import tfrecord_examples
-from keras_tipsv2.data.tfrecord import write_tfrecords
+from keras_tipsv2.data.shapes_batches import ShapesWorldBatches
+
+# Names that need TensorFlow, and the module each lives in.
+_TF_DATA = {
+    "CAPTION_MODES": "captions",
+    "caption_pair": "captions",
+    "sample_caption": "captions",
+    "coco_examples": "coco",
+    "manifest_examples": "manifest",
+    "read_manifest": "manifest",
+    "SkipCounter": "pipeline",
+    "make_pretraining_dataset": "pipeline",
+    "raw_examples": "pipeline",
+    "shapes_examples": "pipeline",
+    "tfrecord_examples": "tfrecord",
+    "write_tfrecords": "tfrecord",
+}
+
+
+def __getattr__(name):
+    if name not in _TF_DATA:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_TF_DATA[name]}")
+    return getattr(module, name)

@@ -81,19 +81,24 @@ def fit_resumable(
     save_every=None,
     callbacks=(),
     verbose="auto",
+    step_batches=None,
 ):
     """`model.fit` for `epochs` x `steps_per_epoch` steps that survives being killed.
 
     Args:
         model: a compiled model.
         epoch_dataset: `epoch -> dataset` of at least `steps_per_epoch`
-            batches, a pure function of the epoch (same epoch, same batches).
+            batches, a pure function of the epoch (same epoch, same batches);
+            a `tf.data.Dataset`. None when `step_batches` is given.
         epochs, steps_per_epoch: the fixed schedule.
         backup_dir: checkpoint folder (kept after training, so running a
             finished run again trains no further).
         save_every: checkpoint every this many steps; default once per epoch.
         callbacks: further callbacks (progress, CSV, TensorBoard ...).
         verbose: passed to `fit`.
+        step_batches: instead of `epoch_dataset`, `(first_step, count) ->`
+            any dataset `fit` takes (e.g. a `ShapesWorldBatches` view) whose
+            batches are a pure function of the global step.
 
     Returns:
         {"start_step": step restored from (0 for a fresh run),
@@ -109,12 +114,23 @@ def fit_resumable(
         )
     callbacks = [backup, *callbacks]
     histories = []
+
+    def steps(first, count):
+        # Global steps first .. first + count - 1 (whole epochs after the
+        # first, which may start mid-epoch).
+        if step_batches is not None:
+            return step_batches(first, count)
+        epoch, done = divmod(first, steps_per_epoch)
+        last = epoch + -(-(done + count) // steps_per_epoch)
+        dataset = concatenated_epochs(epoch_dataset, epoch, last, steps_per_epoch)
+        return dataset.skip(done)
+
     epoch, done = divmod(start, steps_per_epoch)
     if done:
         # Finish the interrupted epoch with the batches it had not seen.
         histories.append(
             model.fit(
-                epoch_dataset(epoch).skip(done),
+                steps(epoch * steps_per_epoch + done, steps_per_epoch - done),
                 initial_epoch=epoch,
                 epochs=epoch + 1,
                 steps_per_epoch=steps_per_epoch - done,
@@ -126,7 +142,7 @@ def fit_resumable(
     if epoch < epochs:
         histories.append(
             model.fit(
-                concatenated_epochs(epoch_dataset, epoch, epochs, steps_per_epoch),
+                steps(epoch * steps_per_epoch, (epochs - epoch) * steps_per_epoch),
                 initial_epoch=epoch,
                 epochs=epochs,
                 steps_per_epoch=steps_per_epoch,
@@ -237,8 +253,9 @@ def logging_callbacks(output):
     import importlib.util
 
     callbacks = [keras.callbacks.CSVLogger(os.path.join(output, "log.csv"), append=True)]
-    if importlib.util.find_spec("tensorboard") is None:
-        print("TensorBoard is not installed (pip install tensorboard): writing the CSV log only.")
+    # Keras' TensorBoard callback writes its summaries with TensorFlow.
+    if not all(importlib.util.find_spec(m) for m in ("tensorboard", "tensorflow")):
+        print("TensorBoard / TensorFlow is not installed: writing the CSV log only.")
     else:
         callbacks.append(
             keras.callbacks.TensorBoard(os.path.join(output, "tensorboard"), update_freq=10)
