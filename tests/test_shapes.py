@@ -216,3 +216,29 @@ def test_manifest_lists_relative_image_paths_and_three_captions(tmp_path):
     assert records[2]["caption_long"] == world.sample(2)["caption_long"]
     stored = np.asarray(Image.open(os.path.join(tmp_path, records[2]["image"])))
     np.testing.assert_array_equal(stored, world.sample(2)["image"])
+
+
+def alt_words(sample):
+    return set(sample["alt_text"].replace(",", " ").replace("|", " ").split())
+
+
+def test_describe_background_names_the_texture_and_changes_only_captions():
+    from keras_tipsv2.data.shapes import NOISE_WORDS
+    from keras_tipsv2.data.shapes import TEXTURE_WORDS
+
+    plain, described = small_world(), small_world(describe_background=True)
+    mentions = 0
+    for index in range(20):
+        a, b = plain.sample(index), described.sample(index)
+        assert a["image"].tobytes() == b["image"].tobytes()
+        assert a["caption_long"] == b["caption_long"]
+        texture = a["caption_long"].rsplit(" ", 2)[-2]  # "... on a <word> background"
+        assert texture in TEXTURE_WORDS.values()
+        assert b["caption_short"] == f"{a['caption_short']} on a {texture} background"
+        assert "background" not in a["caption_short"] + a["alt_text"]
+        words_a, words_b = alt_words(a), alt_words(b)
+        objects = set(COLOURS) | set(SHAPES)
+        assert words_a & objects == words_b & objects  # the same keywords kept
+        assert words_b - objects - set(NOISE_WORDS) <= {texture, "background"}
+        mentions += "background" in b["alt_text"]
+    assert 3 <= mentions <= 17  # each alt-text names it with probability 1/2

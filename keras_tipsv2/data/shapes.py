@@ -91,6 +91,11 @@ class ShapesWorld:
             radius in patches).
         split: "train" or "validation"; the two never share a seed.
         seed: the world's seed; different worlds are different datasets.
+        describe_background: also name the background in the short caption
+            ("... on a striped background") and, half the time each, put its
+            texture word and the word "background" in the alt-text. Without
+            it only the long caption mentions the background, and the word
+            "background" (class 0 of every vocabulary) is barely trained.
 
     Example:
     ```python
@@ -109,6 +114,7 @@ class ShapesWorld:
         radius_range=(0.2, 0.4),
         split="train",
         seed=0,
+        describe_background=False,
     ):
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
@@ -130,6 +136,7 @@ class ShapesWorld:
         self.radius_range = (float(radius_range[0]), float(radius_range[1]))
         self.split = split
         self.seed = int(seed)
+        self.describe_background = bool(describe_background)
         centres = np.arange(self.image_size, dtype=np.float32) + 0.5
         self._ys, self._xs = np.meshgrid(centres, centres, indexing="ij")
 
@@ -162,8 +169,12 @@ class ShapesWorld:
         return {
             "image": image,
             "labels": {v: self._label_map(v, objects, instances) for v in VOCABULARIES},
-            "alt_text": alt_text(rng, objects),
-            "caption_short": short_caption(objects),
+            "alt_text": alt_text(
+                rng, objects, texture if self.describe_background else None
+            ),
+            "caption_short": short_caption(
+                objects, texture if self.describe_background else None
+            ),
             "caption_long": long_caption(objects, texture),
             "objects": objects,
         }
@@ -341,9 +352,22 @@ def join_phrases(phrases, separator=", ", last=" and "):
     return separator.join(phrases[:-1]) + last + phrases[-1]
 
 
-def short_caption(objects):
-    """Returns e.g. "a red circle and a blue star"."""
-    return join_phrases([f"a {name(obj)}" for obj in objects])
+# How captions describe each background texture.
+TEXTURE_WORDS = {
+    "noise": "blotchy",
+    "stripes": "striped",
+    "gradient": "shaded",
+    "checks": "checkered",
+}
+
+
+def short_caption(objects, texture=None):
+    """Returns e.g. "a red circle and a blue star", followed by "on a
+    striped background" when `texture` is given."""
+    caption = join_phrases([f"a {name(obj)}" for obj in objects])
+    if texture is None:
+        return caption
+    return f"{caption} on a {TEXTURE_WORDS[texture]} background"
 
 
 def long_caption(objects, texture):
@@ -355,22 +379,22 @@ def long_caption(objects, texture):
             previous = objects[k - 1]
             phrase += f", {relation_phrase(obj, previous)} the {name(previous)}"
         phrases.append(phrase)
-    backgrounds = {
-        "noise": "blotchy",
-        "stripes": "striped",
-        "gradient": "shaded",
-        "checks": "checkered",
-    }
     # Semicolons keep each object's relation attached to that object.
-    return f"{join_phrases(phrases, '; ', '; and ')}; on a {backgrounds[texture]} background"
+    return f"{join_phrases(phrases, '; ', '; and ')}; on a {TEXTURE_WORDS[texture]} background"
 
 
-def alt_text(rng, objects):
-    """Returns terse, noisy keyword alt-text: shuffled, some words dropped."""
+def alt_text(rng, objects, texture=None):
+    """Returns terse, noisy keyword alt-text: shuffled, some words dropped.
+
+    With `texture`, its word and "background" are each added half the time.
+    """
     keywords = [word for obj in objects for word in (obj["colour"], obj["shape"])]
     kept = [word for word in keywords if rng.uniform() > 0.3]
     if not kept:
         kept = [keywords[int(rng.integers(len(keywords)))]]
+    if texture is not None:
+        background = (TEXTURE_WORDS[texture], "background")
+        kept += [word for word in background if rng.uniform() < 0.5]
     noise = rng.choice(NOISE_WORDS, int(rng.integers(0, 3)), replace=False)
     words = kept + [str(word) for word in noise]
     words = [words[i] for i in rng.permutation(len(words))]
