@@ -49,6 +49,10 @@ def try_load_image(example):
     `ignore_errors`, so a bad image becomes a value that can be counted
     instead of an exception that ends the pipeline.
     """
+    if "image" in example:
+        # Decoded pixels cannot fail to decode; the nested dataset below
+        # costs about as much as the whole augmentation of an example.
+        return load_image(example), tf.constant(True)
     attempt = (
         tf.data.Dataset.from_tensors(example)
         .map(load_image)
