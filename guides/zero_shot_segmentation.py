@@ -56,7 +56,7 @@ from keras_tipsv2.evaluation.pca import pca_image
 parser = argparse.ArgumentParser()
 parser.add_argument("--preset", default="tipsv2_tiny_shapes")
 parser.add_argument("--vocabulary", default="shape", choices=("colour", "shape", "colour_shape"))
-parser.add_argument("--image-size", type=int, default=112)
+parser.add_argument("--image-size", type=int, default=64)
 parser.add_argument("--out-dir", default=".")
 args = parser.parse_args()
 
@@ -65,8 +65,8 @@ args = parser.parse_args()
 
 `from_preset` loads the backbone and the tokenizer. The window geometry is
 configurable: the official numbers (short side 448, window 448, stride 336)
-suit 448-px models; for a model trained on 112-px ShapesWorld images we keep
-the same proportions at 112 / 112 / 84.
+suit 448-px models; for the tiny preset, trained on 64-px ShapesWorld images,
+we keep the same proportions at 64 / 64 / 48.
 """
 
 size = args.image_size

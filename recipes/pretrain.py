@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
 from keras_tipsv2.data import ShapesWorld  # noqa: E402
-from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
+from keras_tipsv2.data import ShapesWorldBatches  # noqa: E402
 from keras_tipsv2.data.shapes_tokenizer import train_shapes_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402
@@ -75,7 +75,7 @@ CONFIGS = {
     "tiny": dict(
         backbone=_vit(128, 4, 4, 2, patch=8, grid=8, vocabulary=256, text_length=48),
         image_size=64,
-        world=dict(radius_range=(0.2, 0.4), num_objects=(1, 3)),
+        world=dict(radius_range=(0.2, 0.4), num_objects=(1, 3), describe_background=True),
         train_samples=4096,
         batch_size=64,
         steps_per_epoch=50,
@@ -171,6 +171,12 @@ def parse_args(argv=None):
     parser.add_argument("--patch-loss", choices=["ibot++", "ibot"], default="ibot++")
     parser.add_argument("--ema", choices=["head", "full"], default="head")
     parser.add_argument("--caption-sampling", choices=["multi", "alt_text_only"], default="multi")
+    parser.add_argument("--pipeline", choices=["tf.data", "python"], default="tf.data",
+                        help="input pipeline; 'python' (ShapesWorld only) needs no TensorFlow")
+    parser.add_argument("--workers", type=int, default=2, help="threads of the python pipeline")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. --set pretrainer.dino_weight=0.5 "
+                             "--set world.describe_background=true (VALUE is JSON, else a string)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-images", type=int, default=200, help="held-out ShapesWorld images to score")
     parser.add_argument("--no-eval", action="store_true", help="skip the ShapesWorld benchmark")
@@ -181,6 +187,8 @@ def parse_args(argv=None):
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
     args = parser.parse_args(argv)
     recipe_utils.check_data_arguments(parser, args)
+    if args.pipeline == "python" and not recipe_utils.uses_shapes(args):
+        parser.error("--pipeline python reads ShapesWorld only; use tf.data for your data")
     return args
 
 
@@ -198,7 +206,27 @@ def run_config(args):
     config["pretrainer"].update(
         patch_loss=args.patch_loss, ema=args.ema, caption_sampling=args.caption_sampling
     )
+    for assignment in args.set:
+        apply_override(config, assignment)
     return config
+
+
+def apply_override(config, assignment):
+    """Sets `config[a][b] = value` from "a.b=value" (value parsed as JSON)."""
+    key, separator, text = assignment.partition("=")
+    if not separator:
+        raise ValueError(f"--set expects KEY=VALUE; got {assignment!r}.")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+        if not isinstance(node.get(parent), dict):
+            raise ValueError(f"--set {assignment!r}: {parent!r} is not a config section.")
+        node = node[parent]
+    node[leaf] = value
 
 
 # --- Data and tokenizer ------------------------------------------------------
@@ -229,6 +257,8 @@ def tokenizer_proto(args, config, world):
 def epoch_datasets(source, tokenizer, config, seed, shapes):
     """`epoch -> dataset`: the batches of epoch e depend only on (seed, e)."""
 
+    from keras_tipsv2.data import make_pretraining_dataset
+
     def epoch_dataset(epoch):
         return make_pretraining_dataset(
             source,
@@ -248,6 +278,26 @@ def epoch_datasets(source, tokenizer, config, seed, shapes):
         )
 
     return epoch_dataset
+
+
+def step_batches(world, tokenizer, config, seed, workers):
+    """`(first_step, count) -> ShapesWorldBatches`: the TensorFlow-free
+    pipeline (--pipeline python), batches keyed by global step."""
+    source = ShapesWorldBatches(
+        world,
+        tokenizer,
+        batch_size=config["batch_size"],
+        num_batches=1,
+        image_size=config["image_size"],
+        num_samples=config["train_samples"],
+        caption_mode=config["pretrainer"]["caption_sampling"],
+        crop_scale=tuple(config["crop_scale"]),
+        num_local_crops=config["num_local_crops"],
+        local_crop_size=config["local_crop_size"],
+        seed=seed,
+        workers=workers,
+    )
+    return source.steps
 
 
 # --- Model ---------------------------------------------------------------------
@@ -368,20 +418,32 @@ def main(argv=None):
         keras.utils.set_random_seed(args.seed)
         return build_pretrainer(build_backbone(args, config, proto), config, plan, args.seed)
 
+    sequence_length = config["backbone"]["text_max_sequence_length"]
+
     def fresh_data():
+        """(epoch_dataset, step_batches): one of them is None."""
+        if args.pipeline == "python":
+            tokenizer = TIPSv2Tokenizer(proto=proto, sequence_length=sequence_length)
+            return None, step_batches(world, tokenizer, config, args.seed, args.workers)
         # After the last reseed: tf.random.set_seed (inside set_random_seed)
         # frees the tokenizer's SentencePiece resource.
-        tokenizer = recipe_utils.tf_data_tokenizer(proto, config["backbone"]["text_max_sequence_length"])
+        tokenizer = recipe_utils.tf_data_tokenizer(proto, sequence_length)
         source = recipe_utils.raw_source(args, world, config["train_samples"])
-        return epoch_datasets(source, tokenizer, config, args.seed, shapes)
+        return epoch_datasets(source, tokenizer, config, args.seed, shapes), None
+
+    def first_batch():
+        epoch_dataset, batches = fresh_data()
+        if batches is not None:
+            return batches(10**6, 1)[0]
+        return next(iter(epoch_dataset(10**6)))
 
     def measure_plan():
         model = fresh_model({"steps_per_epoch": 1, "epochs": 1})
-        return planned_schedule(args, config, lambda: model, lambda: next(iter(fresh_data()(10**6))))
+        return planned_schedule(args, config, lambda: model, first_batch)
 
     plan = recipe_utils.load_or_save_plan(backup_dir, measure_plan)
     model = fresh_model(plan)
-    epoch_dataset = fresh_data()
+    epoch_dataset, batches = fresh_data()
     total = plan["epochs"] * plan["steps_per_epoch"]
     print(f"Training {total} steps ({plan['epochs']} epochs x {plan['steps_per_epoch']}) into {output}")
     start_time = time.perf_counter()
@@ -394,6 +456,7 @@ def main(argv=None):
         save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
         callbacks=recipe_utils.logging_callbacks(output),
         verbose=args.verbose,
+        step_batches=batches,
     )
     seconds = time.perf_counter() - start_time
     trained = result["end_step"] - result["start_step"]
@@ -412,6 +475,9 @@ def main(argv=None):
         "final_logs": recipe_utils.final_logs(result),
         "parameter_counts": model.parameter_counts(),
         "pretrainer": config["pretrainer"],
+        "world": config["world"],
+        "pipeline": args.pipeline,
+        "overrides": args.set,
     }
     preset = recipe_utils.export_preset(
         model.backbone, os.path.join(output, "preset"), proto, config["image_size"]

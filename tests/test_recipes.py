@@ -143,3 +143,74 @@ def test_quick_recipe_run_writes_a_loadable_preset_and_a_report(tmp_path, capsys
         assert (tmp_path / "run" / name).exists(), name
     for name in ("config.json", "tokenizer.json", "image_converter.json"):
         assert os.path.exists(os.path.join(out["preset"], name)), name
+
+
+class StepBatches(keras.utils.PyDataset):
+    """Batches keyed by global step, as `ShapesWorldBatches` serves them."""
+
+    def __init__(self, first, count, requested):
+        super().__init__()
+        self.first, self.count, self.requested = first, count, requested
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        step = self.first + index
+        self.requested.append(step)
+        batch = make_batch(seed=step, crops=False)
+        batch["masks"] = np.random.default_rng(step).uniform(size=(8, 2, 2)) < 0.5
+        return batch
+
+
+def test_step_keyed_source_resumes_at_the_killed_step(tmp_path):
+    requested = []
+
+    def step_batches(first, count):
+        return StepBatches(first, count, requested)
+
+    def fit_steps(model, callbacks=()):
+        return recipe_utils.fit_resumable(
+            model, None, EPOCHS, STEPS_PER_EPOCH, str(tmp_path), save_every=1,
+            callbacks=list(callbacks), verbose=0, step_batches=step_batches,
+        )  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_steps(make_pretrainer(), [Kill()])
+    requested.clear()
+    result = fit_steps(make_pretrainer())
+    assert result["start_step"] == KILL_AT
+    assert result["end_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert sorted(set(requested)) == list(range(KILL_AT, EPOCHS * STEPS_PER_EPOCH))
+
+
+def test_set_overrides_nested_config_entries_with_json_values():
+    import pretrain
+
+    config = {"learning_rate": 1e-3, "pretrainer": {"dino_weight": 0.1}, "world": {}}
+    pretrain.apply_override(config, "pretrainer.dino_weight=0.5")
+    pretrain.apply_override(config, "world.describe_background=false")
+    pretrain.apply_override(config, "learning_rate=2e-3")
+    pretrain.apply_override(config, "pretrainer.patch_loss=ibot")
+    assert config == {
+        "learning_rate": 2e-3,
+        "pretrainer": {"dino_weight": 0.5, "patch_loss": "ibot"},
+        "world": {"describe_background": False},
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        pretrain.apply_override(config, "learning_rate")
+    with pytest.raises(ValueError, match="not a config section"):
+        pretrain.apply_override(config, "learning_rate.x=1")
+
+
+def test_python_pipeline_trains_on_shapes_world_without_tf_data(tmp_path):
+    import pretrain
+
+    out = pretrain.main(
+        ["--quick", "--pipeline", "python", "--steps", "2", "--no-eval",
+         "--output", str(tmp_path / "run"), "--verbose", "0"]
+    )  # fmt: skip
+    assert out["train"]["pipeline"] == "python"
+    assert out["train"]["start_step"] == 0
+    assert np.isfinite(out["train"]["final_logs"]["loss"])
+    TIPSv2Backbone.from_preset(out["preset"])

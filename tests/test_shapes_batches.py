@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -135,6 +136,8 @@ def test_works_where_tensorflow_is_not_installed(tmp_path, proto):
     # An accelerator image may have JAX or torch but no TensorFlow.
     path = tmp_path / "spm.model"
     path.write_bytes(proto)
+    # Keras' own TensorFlow backend needs TensorFlow: such a machine runs another.
+    backend = "jax" if keras.backend.backend() == "tensorflow" else keras.backend.backend()
     script = f"""
 import sys
 for name in ("tensorflow", "tensorflow_text"):
@@ -147,7 +150,7 @@ print(batch["images"].shape, batch["alt_text"]["token_ids"].shape)
 """
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=ROOT),
+        env=dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=backend),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(2, 16, 16, 3) (2, 96)" in done.stdout
