@@ -55,8 +55,9 @@ _TINY = os.path.join(_HERE, "presets", "tipsv2_tiny_shapes")
 if os.path.exists(os.path.join(_TINY, "config.json")):
     backbone_presets["tipsv2_tiny_shapes"] = {
         "metadata": {
-            "description": "Tiny TIPSv2 pretrained on ShapesWorld by recipes/pretrain.py (offline demo).",
-            "params": None,
+            "description": "Tiny TIPSv2 (width 128, patch 8, 64 px) pretrained on ShapesWorld "
+            "by recipes/pretrain.py; offline demo, see its TRAINING.md.",
+            "params": 1_256_193,
             "path": "tipsv2",
             "official_name": "TIPSv2",
         },
