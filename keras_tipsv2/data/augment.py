@@ -10,9 +10,10 @@ range TIPSv2 encoders take.
 
 import tensorflow as tf
 
-GLOBAL_CROP_SCALE = (0.4, 1.0)
-LOCAL_CROP_SCALE = (0.05, 0.4)
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+from keras_tipsv2.data.common import ASPECT_RATIO_RANGE
+from keras_tipsv2.data.common import GLOBAL_CROP_SCALE
+from keras_tipsv2.data.common import LOCAL_CROP_SCALE
+
 JITTER_STRENGTH = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
 JITTER_PROBABILITY = 0.8
 

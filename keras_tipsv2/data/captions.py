@@ -13,14 +13,8 @@ vector, "" where a field is missing).
 
 import tensorflow as tf
 
-CAPTION_MODES = ("multi", "alt_text_only")
-
-
-def check_caption_mode(caption_mode):
-    if caption_mode not in CAPTION_MODES:
-        raise ValueError(
-            f"Unknown caption_mode {caption_mode!r}; expected one of {CAPTION_MODES}."
-        )
+from keras_tipsv2.data.common import CAPTION_MODES  # noqa: F401  (re-exported)
+from keras_tipsv2.data.common import check_caption_mode
 
 
 def present(texts):

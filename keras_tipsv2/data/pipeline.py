@@ -18,7 +18,9 @@ import tensorflow as tf
 
 from keras_tipsv2.data import augment
 from keras_tipsv2.data.captions import caption_pair
-from keras_tipsv2.data.captions import check_caption_mode
+from keras_tipsv2.data.common import check_caption_mode
+from keras_tipsv2.data.common import check_positive
+from keras_tipsv2.data.common import check_tokenizer_output
 from keras_tipsv2.data.captions import has_captions
 from keras_tipsv2.data.manifest import manifest_examples
 from keras_tipsv2.data.shapes import ShapesWorld
@@ -229,11 +231,11 @@ def make_pretraining_dataset(
         and, with local crops, "local_crops": (B, M, s, s, 3)}.
     """
     check_caption_mode(caption_mode)
-    _check_positive(batch_size=batch_size, image_size=image_size)
+    check_positive(batch_size=batch_size, image_size=image_size)
     if num_local_crops < 0:
         raise ValueError(f"num_local_crops must be >= 0; got {num_local_crops}.")
     if num_local_crops:
-        _check_positive(local_crop_size=local_crop_size)
+        check_positive(local_crop_size=local_crop_size)
     if not callable(tokenizer):
         raise ValueError(f"tokenizer must be callable; got {tokenizer!r}.")
     counter = skip_counter or SkipCounter()
@@ -283,18 +285,8 @@ def make_pretraining_dataset(
 
 
 def _tokens(output):
-    if not isinstance(output, dict) or not {"token_ids", "padding_mask"} <= set(output):
-        raise ValueError(
-            "tokenizer must return a dict with 'token_ids' and 'padding_mask'; "
-            f"got {output!r}."
-        )
+    check_tokenizer_output(output)
     return {
         "token_ids": tf.cast(output["token_ids"], tf.int32),
         "padding_mask": tf.cast(output["padding_mask"], tf.int32),
     }
-
-
-def _check_positive(**values):
-    for key, value in values.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{key} must be a positive integer; got {value!r}.")

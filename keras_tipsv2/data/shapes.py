@@ -164,17 +164,14 @@ class ShapesWorld:
         image = np.where(instances[..., None] > 0, shades[instances], image)
         image += 5.0 * rng.standard_normal(image.shape, dtype=np.float32)
         image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        described = texture if self.describe_background else None
         for k, obj in enumerate(objects):
             obj["visible_pixels"] = int(np.count_nonzero(instances == k + 1))
         return {
             "image": image,
             "labels": {v: self._label_map(v, objects, instances) for v in VOCABULARIES},
-            "alt_text": alt_text(
-                rng, objects, texture if self.describe_background else None
-            ),
-            "caption_short": short_caption(
-                objects, texture if self.describe_background else None
-            ),
+            "alt_text": alt_text(rng, objects, described),
+            "caption_short": short_caption(objects, described),
             "caption_long": long_caption(objects, texture),
             "objects": objects,
         }

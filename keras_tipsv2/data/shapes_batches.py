@@ -13,17 +13,21 @@ function of (world, seed, first_step + i), so a run resumed at step s reads
 the batches it would have read (`fit_resumable`'s `step_batches`).
 """
 
+import copy
+
 import keras
 import numpy as np
 from PIL import Image
 
+from keras_tipsv2.data.common import ASPECT_RATIO_RANGE
+from keras_tipsv2.data.common import GLOBAL_CROP_SCALE
+from keras_tipsv2.data.common import LOCAL_CROP_SCALE
+from keras_tipsv2.data.common import check_caption_mode
+from keras_tipsv2.data.common import check_positive
+from keras_tipsv2.data.common import check_tokenizer_output
 from keras_tipsv2.data.shapes import ShapesWorld
 
-GLOBAL_CROP_SCALE = (0.4, 1.0)
-LOCAL_CROP_SCALE = (0.05, 0.4)
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
-CAPTION_MODES = ("multi", "alt_text_only")
 
 
 def random_crop_box(rng, height, width, scale, ratio=ASPECT_RATIO_RANGE):
@@ -58,11 +62,7 @@ def resized_crop(image, box, size):
 
 def _tokens(tokenizer, texts):
     output = tokenizer(list(texts))
-    if not isinstance(output, dict) or not {"token_ids", "padding_mask"} <= set(output):
-        raise ValueError(
-            "tokenizer must return a dict with 'token_ids' and 'padding_mask'; "
-            f"got {output!r}."
-        )
+    check_tokenizer_output(output)
     return {
         key: np.asarray(keras.ops.convert_to_numpy(output[key]), np.int32)
         for key in ("token_ids", "padding_mask")
@@ -116,15 +116,10 @@ class ShapesWorldBatches(keras.utils.PyDataset):
         super().__init__(**kwargs)
         if not isinstance(world, ShapesWorld):
             raise ValueError(f"world must be a ShapesWorld; got {world!r}.")
-        if caption_mode not in CAPTION_MODES:
-            raise ValueError(
-                f"Unknown caption_mode {caption_mode!r}; expected one of {CAPTION_MODES}."
-            )
-        for key, value in dict(
+        check_caption_mode(caption_mode)
+        check_positive(
             batch_size=batch_size, num_batches=num_batches, num_samples=num_samples
-        ).items():
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{key} must be a positive integer; got {value!r}.")
+        )
         if first_step < 0 or num_local_crops < 0:
             raise ValueError("first_step and num_local_crops must be >= 0.")
         self.world = world
@@ -224,10 +219,8 @@ class ShapesWorldBatches(keras.utils.PyDataset):
     def steps(self, first_step, num_batches):
         """The same source over global steps first_step .. first_step +
         num_batches - 1 (shares the rendered pool)."""
-        view = ShapesWorldBatches.__new__(ShapesWorldBatches)
-        view.__dict__.update(self.__dict__)
+        self.pool()
+        view = copy.copy(self)
         view.first_step = int(first_step)
         view._length = int(num_batches)
-        self.pool()
-        view._pool = self._pool
         return view

@@ -2,11 +2,13 @@
 the image-text contrastive loss of a batch, projection heads and the teacher
 targets they give (EMA teacher head / frozen teacher head)."""
 
+from keras_tipsv2.data.common import CAPTION_MODES
 from keras_tipsv2.layers.projection_head import TIPSv2ProjectionHead
 from keras_tipsv2.training import losses
 
 CENTERINGS = ("centering", "sinkhorn")
-CAPTION_SAMPLINGS = ("multi", "alt_text_only")
+# The pretraining models' caption_sampling takes the data pipeline's modes.
+CAPTION_SAMPLINGS = CAPTION_MODES
 
 
 def check_choice(name, value, choices):
