@@ -66,6 +66,20 @@ def compiled(layer, torch_compile=False, tf_xla=False):
     return call
 
 
+def inference(call, *args):
+    """`call(*args)` the way users run inference on this backend.
+
+    On torch that is inside `torch.no_grad()`, the idiom for every torch
+    model (transformers' rows below are timed the same way): our public
+    calls keep autograd's semantics, so gradients flow when a user wants
+    them, and recording them costs time and memory.
+    """
+    if BACKEND == "torch":
+        with torch.no_grad():
+            return call(*args)
+    return call(*args)
+
+
 def timed_row(name, impl, fn, repeats, **fields):
     first, median, times = c.timed(fn, repeats)
     row = dict(case=name, impl=impl, first_s=first, median_s=median, runs=len(times), **fields)
@@ -85,7 +99,10 @@ def image_rows(args, shape, hf, size, dtype):
     rows = []
     fn = compiled(ours.vision_encoder, args.torch_compile, args.tf_xla)
     rows.append(timed_row("image", "keras_tipsv2 compiled", lambda: c.to_numpy_tree(fn(x)), repeats, **fields))
-    rows.append(timed_row("image", "keras_tipsv2 encode_images", lambda: c.to_numpy_tree(ours.encode_images(images)), repeats, **fields))
+    rows.append(timed_row("image", "keras_tipsv2 encode_images", lambda: c.to_numpy_tree(inference(ours.encode_images, images)), repeats, **fields))
+    if BACKEND == "torch" and args.torch_grad_rows:
+        # What the same call costs when autograd records it (no no_grad).
+        rows.append(timed_row("image", "keras_tipsv2 encode_images (grad)", lambda: c.to_numpy_tree(ours.encode_images(images)), repeats, **fields))
     del ours
     if not args.skip_dinov2:
         dino = c.dinov2_backbone(shape, size, dtype=dtype)
@@ -117,7 +134,7 @@ def text_rows(args, shape, hf, dtype):
     fn = compiled(ours.text_encoder, args.torch_compile, args.tf_xla)
     rows = [
         timed_row("text", "keras_tipsv2 compiled", lambda: c.to_numpy_tree(fn(tids, tmask)), args.repeats, **fields),
-        timed_row("text", "keras_tipsv2 encode_text", lambda: c.to_numpy_tree(ours.encode_text(ids, mask)), args.repeats, **fields),
+        timed_row("text", "keras_tipsv2 encode_text", lambda: c.to_numpy_tree(inference(ours.encode_text, ids, mask)), args.repeats, **fields),
     ]
     hf_model = hf.to(torch_dtype)
     t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask)
@@ -205,6 +222,7 @@ def main():
     parser.add_argument("--skip-public", action="store_true", help="skip predict and segmentation")
     parser.add_argument("--torch-compile", action="store_true", help="torch backend: torch.compile the towers")
     parser.add_argument("--tf-xla", action="store_true", help="tensorflow backend: jit_compile=True (fails below 448 px)")
+    parser.add_argument("--torch-grad-rows", action="store_true", help="torch backend: also time encode_images with autograd recording")
     parser.add_argument("--json", help="write rows and machine info here")
     args = parser.parse_args()
     shape = c.B14
