@@ -97,9 +97,10 @@ def explicit_attention_is_faster():
     """Whether unmasked attention should skip `ops.dot_product_attention`.
 
     True for JAX on CPU only. Measured there (benchmarks/RESULTS.md, B/14,
-    batch 8, 1,026 tokens): XLA:CPU fuses the fused kernel's logits, max,
-    exp and sum into one slow dot fusion, 1.13 s per layer against 0.76 s
-    for `_explicit_attention`, and the whole tower ran 17.3 s -> 14.1 s.
+    batch 8, 1,026 tokens): XLA:CPU compiles `ops.dot_product_attention`'s
+    logits matmul, max, exp and sum into one slow dot fusion, 1.13 s per
+    layer against 0.76 s for `_explicit_attention`, and the whole tower ran
+    17.3 s -> 14.1 s.
     On TensorFlow and torch CPUs the backend kernel is faster (0.39 vs
     0.43 s, 0.43 vs 0.85 s), and on GPU / TPU it is flash attention, so
     they keep it. Decided once per process from the backend's devices.
