@@ -1,5 +1,7 @@
 """TIPSv2Attention's explicit softmax path (taken on JAX CPUs for speed)."""
 
+from unittest import mock
+
 import keras
 import numpy as np
 from keras import ops
@@ -49,15 +51,12 @@ class ExplicitAttentionTest(TestCase):
         x = ops.convert_to_tensor(
             np.random.default_rng(3).standard_normal((2, 9, 24)).astype("float32")
         )
-        saved = dict(attention._EXPLICIT_ATTENTION)
-        try:
-            outputs = []
-            for explicit in (True, False):
-                attention._EXPLICIT_ATTENTION["value"] = explicit
+        outputs = []
+        for explicit in (True, False):
+            with mock.patch.object(
+                attention, "explicit_attention_is_faster", return_value=explicit
+            ):
                 outputs.append(ops.convert_to_numpy(layer(x)))
-        finally:
-            attention._EXPLICIT_ATTENTION.clear()
-            attention._EXPLICIT_ATTENTION.update(saved)
         self.assertAllClose(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
 
 

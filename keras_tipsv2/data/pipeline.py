@@ -18,10 +18,10 @@ import tensorflow as tf
 
 from keras_tipsv2.data import augment
 from keras_tipsv2.data.captions import caption_pair
+from keras_tipsv2.data.captions import has_captions
 from keras_tipsv2.data.common import check_caption_mode
 from keras_tipsv2.data.common import check_positive
 from keras_tipsv2.data.common import check_tokenizer_output
-from keras_tipsv2.data.captions import has_captions
 from keras_tipsv2.data.manifest import manifest_examples
 from keras_tipsv2.data.shapes import ShapesWorld
 from keras_tipsv2.data.tfrecord import tfrecord_examples

@@ -1,3 +1,5 @@
+import functools
+
 import keras
 from keras import ops
 
@@ -57,26 +59,24 @@ class TIPSv2Attention(keras.layers.Layer):
         if values_only:
             return self.proj(v)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        if (
-            key_mask is None
-            and explicit_attention_is_faster()
-            and keras.backend.standardize_dtype(q.dtype) == "float32"
-        ):
-            out = _explicit_attention(q, k, v, self.head_dim**-0.5)
-        elif key_mask is None:
-            # No mask: let the backend pick its fused kernel (flash attention
-            # on GPU/TPU, the fused CPU kernels of torch and TensorFlow).
-            out = ops.dot_product_attention(
-                q, k, v, scale=self.head_dim**-0.5
-            )
-        else:
-            logits = ops.einsum("bqhd,bkhd->bhqk", q * self.head_dim**-0.5, k)
+        scale = self.head_dim**-0.5
+        if key_mask is not None:
+            logits = ops.einsum("bqhd,bkhd->bhqk", q * scale, k)
             allowed = ops.cast(key_mask, "bool")[:, None, None, :]
             logits = ops.where(
                 allowed, logits, ops.cast(_most_negative(logits.dtype), logits.dtype)
             )
             weights = ops.softmax(logits, axis=-1)
             out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+        elif (
+            explicit_attention_is_faster()
+            and keras.backend.standardize_dtype(q.dtype) == "float32"
+        ):
+            out = _explicit_attention(q, k, v, scale)
+        else:
+            # Let the backend pick its fused kernel (flash attention on
+            # GPU/TPU, the fused CPU kernels of torch and TensorFlow).
+            out = ops.dot_product_attention(q, k, v, scale=scale)
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
         return self.proj(out)
@@ -90,9 +90,7 @@ class TIPSv2Attention(keras.layers.Layer):
         return config
 
 
-_EXPLICIT_ATTENTION = {}
-
-
+@functools.cache
 def explicit_attention_is_faster():
     """Whether unmasked attention should skip `ops.dot_product_attention`.
 
@@ -107,12 +105,10 @@ def explicit_attention_is_faster():
     Only float32 takes this path: the backend kernels keep a float32
     softmax for half-precision inputs.
     """
-    if "value" not in _EXPLICIT_ATTENTION:
-        devices = keras.distribution.list_devices() if keras.config.backend() == "jax" else []
-        _EXPLICIT_ATTENTION["value"] = bool(devices) and all(
-            d.lower().startswith("cpu") for d in devices
-        )
-    return _EXPLICIT_ATTENTION["value"]
+    if keras.config.backend() != "jax":
+        return False
+    devices = keras.distribution.list_devices()
+    return bool(devices) and all(d.lower().startswith("cpu") for d in devices)
 
 
 def _explicit_attention(q, k, v, scale):
