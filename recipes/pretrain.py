@@ -170,7 +170,8 @@ def parse_args(argv=None):
                         help="time budget: measure a step, then plan whole epochs to fit (default 10 for tiny)")
     budget.add_argument("--steps", type=int, default=None, help="train this many steps (rounded up to whole epochs)")
     recipe_utils.add_data_arguments(parser)
-    parser.add_argument("--init-from", help="continue from this preset's backbone and tokenizer, with new heads")
+    parser.add_argument("--init-from", help="continue from a preset's backbone and tokenizer (new heads), or "
+                        "from a finished run's folder (its heads too), with a new schedule")
     parser.add_argument("--image-size", type=int, help="override the config's training resolution")
     parser.add_argument("--batch-size", type=int, help="override the config's global batch size")
     parser.add_argument("--patch-loss", choices=["ibot++", "ibot"], default="ibot++")
@@ -251,7 +252,8 @@ def tokenizer_proto(args, config, world):
     if args.tokenizer:
         return recipe_utils.read_bytes(args.tokenizer)
     if args.init_from:
-        return recipe_utils.preset_tokenizer_proto(args.init_from)
+        preset, _ = recipe_utils.init_sources(args.init_from)
+        return recipe_utils.preset_tokenizer_proto(preset)
     return train_shapes_tokenizer(
         world,
         num_samples=config.get("tokenizer_samples", 2000),
@@ -310,7 +312,8 @@ def step_batches(world, tokenizer, config, seed, workers):
 
 def build_backbone(args, config, proto):
     if args.init_from:
-        return TIPSv2Backbone.from_preset(args.init_from)
+        preset, _ = recipe_utils.init_sources(args.init_from)
+        return TIPSv2Backbone.from_preset(preset)
     kwargs = dict(config["backbone"])
     vocabulary = recipe_utils.proto_vocabulary_size(proto)
     kwargs["text_vocabulary_size"] = max(kwargs["text_vocabulary_size"], vocabulary)
@@ -418,10 +421,14 @@ def main(argv=None):
     shapes = recipe_utils.uses_shapes(args)
     world = shapes_world(config, "train", seed=args.seed)
     proto = tokenizer_proto(args, config, world)
+    init_weights = recipe_utils.init_sources(args.init_from)[1] if args.init_from else None
 
     def fresh_model(plan):
         keras.utils.set_random_seed(args.seed)
-        return build_pretrainer(build_backbone(args, config, proto), config, plan, args.seed)
+        model = build_pretrainer(build_backbone(args, config, proto), config, plan, args.seed)
+        if init_weights:
+            recipe_utils.load_pretrainer_weights(model, init_weights)
+        return model
 
     sequence_length = config["backbone"]["text_max_sequence_length"]
 
@@ -483,6 +490,7 @@ def main(argv=None):
         "world": config["world"],
         "pipeline": args.pipeline,
         "overrides": args.set,
+        "init_from": args.init_from,
     }
     preset = recipe_utils.export_preset(
         model.backbone, os.path.join(output, "preset"), proto, config["image_size"]

@@ -3,6 +3,7 @@
 import os
 import shutil
 import sys
+from unittest import mock
 
 import keras
 import numpy as np
@@ -121,6 +122,44 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_run(runs):
         )
 
 
+def test_continuation_loads_every_model_weight_but_starts_a_fresh_optimizer(runs):
+    checkpointed = make_pretrainer()
+    recipe_utils.ResumableBackupAndRestore(runs["backup_dir"]).restore(checkpointed)
+    model = make_pretrainer()
+    path = os.path.join(runs["backup_dir"], recipe_utils.CHECKPOINT_FILE)
+    recipe_utils.load_pretrainer_weights(model, path)
+    for want, got in zip(checkpointed.weights, model.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(want), err_msg=want.path)
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 0
+    fresh = make_pretrainer().optimizer
+    fresh.build(model.trainable_variables)
+    for want, got in zip(fresh.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(want), err_msg=got.path)
+    # The checkpoint's optimizer had moved: the reset is not vacuous.
+    assert int(ops.convert_to_numpy(checkpointed.optimizer.iterations)) == KILL_AT
+
+
+def test_continuation_of_another_pretrainer_shape_names_the_mismatch(runs):
+    model = make_pretrainer(num_prototypes=32)
+    with pytest.raises(ValueError, match="does not fit this pretrainer"):
+        recipe_utils.load_pretrainer_weights(
+            model, os.path.join(runs["backup_dir"], recipe_utils.CHECKPOINT_FILE)
+        )
+
+
+def test_init_from_names_a_preset_or_a_finished_run(tmp_path):
+    assert recipe_utils.init_sources("tipsv2_tiny_shapes") == ("tipsv2_tiny_shapes", None)
+    run = tmp_path / "run"
+    (run / "preset").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        recipe_utils.init_sources(str(run))
+    (run / "checkpoint").mkdir()
+    (run / "checkpoint" / recipe_utils.CHECKPOINT_FILE).write_bytes(b"")
+    assert recipe_utils.init_sources(str(run)) == (
+        str(run / "preset"), str(run / "checkpoint" / recipe_utils.CHECKPOINT_FILE)
+    )
+
+
 def test_quick_recipe_run_writes_a_loadable_preset_and_a_report(tmp_path, capsys):
     import pretrain
 
@@ -214,3 +253,25 @@ def test_python_pipeline_trains_on_shapes_world_without_tf_data(tmp_path):
     assert out["train"]["start_step"] == 0
     assert np.isfinite(out["train"]["final_logs"]["loss"])
     TIPSv2Backbone.from_preset(out["preset"])
+
+
+def test_a_finished_run_continues_with_its_heads_on_a_new_schedule(tmp_path):
+    import pretrain
+
+    common = ["--quick", "--pipeline", "python", "--no-eval", "--verbose", "0"]
+    first = pretrain.main(common + ["--steps", "2", "--output", str(tmp_path / "a")])
+    load = mock.patch.object(
+        recipe_utils, "load_pretrainer_weights", wraps=recipe_utils.load_pretrainer_weights
+    )
+    with load as loaded:
+        out = pretrain.main(
+            common + ["--steps", "2", "--init-from", str(tmp_path / "a"), "--output", str(tmp_path / "b")]
+        )
+    assert loaded.call_args.args[1] == str(tmp_path / "a" / "checkpoint" / recipe_utils.CHECKPOINT_FILE)
+    assert out["train"]["start_step"] == 0 and out["train"]["init_from"] == str(tmp_path / "a")
+    assert np.isfinite(out["train"]["final_logs"]["loss"])
+    # The continuation's tokenizer is the first run's.
+    with open(os.path.join(first["preset"], "assets", "tokenizer", "vocabulary.spm"), "rb") as f:
+        first_vocabulary = f.read()
+    with open(os.path.join(out["preset"], "assets", "tokenizer", "vocabulary.spm"), "rb") as f:
+        assert f.read() == first_vocabulary

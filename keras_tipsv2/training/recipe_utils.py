@@ -24,6 +24,8 @@ import time
 import keras
 
 PLAN_FILE = "plan.json"
+# Where keras.callbacks.BackupAndRestore writes its weights in backup_dir.
+CHECKPOINT_FILE = "latest.weights.h5"
 
 
 # --- Resumable fit ---------------------------------------------------------
@@ -152,6 +154,49 @@ def fit_resumable(
         )
     end = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     return {"start_step": start, "end_step": end, "histories": histories}
+
+
+def init_sources(init_from):
+    """(preset, pretrainer_weights) that `--init-from` names.
+
+    A preset (name or folder) gives the backbone and tokenizer; the heads
+    start fresh (pretrainer_weights is None). The folder of a finished
+    pretrain run (it holds `preset/` and `checkpoint/`) gives its preset and
+    its last checkpoint, so the DINO/iBOT heads, their EMA teacher and the
+    centres continue too.
+    """
+    run_preset = os.path.join(init_from, "preset")
+    if not os.path.isdir(run_preset):
+        return init_from, None
+    weights = os.path.join(init_from, "checkpoint", CHECKPOINT_FILE)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(
+            f"--init-from {init_from}: a run folder with a preset but no "
+            f"checkpoint/{CHECKPOINT_FILE}; pass {run_preset} to start new heads."
+        )
+    return run_preset, weights
+
+
+def load_pretrainer_weights(model, path):
+    """Loads a pretrain checkpoint into compiled `model` except its optimizer.
+
+    The checkpoint holds the optimizer too (for exact resumes); a
+    continuation starts a new schedule, so the optimizer's fresh state
+    (step 0, zero moments) is put back after loading.
+    """
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    fresh = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        raise ValueError(
+            f"The checkpoint {path} does not fit this pretrainer; continue it "
+            f"with the --config and head settings of the run that wrote it. {error}"
+        ) from error
+    for variable, value in zip(optimizer.variables, fresh):
+        variable.assign(value)
 
 
 def concatenated_epochs(epoch_dataset, first, last, steps_per_epoch):
