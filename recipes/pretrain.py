@@ -183,6 +183,9 @@ def parse_args(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, e.g. --set pretrainer.dino_weight=0.5 "
                              "--set world.describe_background=true (VALUE is JSON, else a string)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="compute in bfloat16 with float32 variables (keras mixed_bfloat16): TPUs, "
+                        "GPUs and CPUs with bfloat16 units; the preset is written and scored in float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-images", type=int, default=200, help="held-out ShapesWorld images to score")
     parser.add_argument("--no-eval", action="store_true", help="skip the ShapesWorld benchmark")
@@ -395,6 +398,20 @@ def training_summary(info):
     )
 
 
+def float32_backbone(backbone):
+    """`backbone` itself if it computes in float32, else a float32 copy.
+
+    Mixed-precision variables are float32 already, so the copy holds the same
+    numbers; the preset then loads and scores in float32 on any machine.
+    """
+    if backbone.dtype_policy.name == "float32":
+        return backbone
+    config = dict(backbone.get_config(), dtype="float32")
+    copy = TIPSv2Backbone.from_config(config)
+    copy.set_weights(backbone.get_weights())
+    return copy
+
+
 def apply_distribution(args):
     if not (args.data_parallel or args.model_parallel):
         return
@@ -412,6 +429,16 @@ def apply_distribution(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    policy = keras.config.dtype_policy()
+    if args.mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        return run(args)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def run(args):
     config = run_config(args)
     output = args.output or (DEFAULT_OUTPUT if args.config == "tiny" else f"runs/pretrain_{args.config}")
     backup_dir = os.path.join(output, "checkpoint")
@@ -491,14 +518,16 @@ def main(argv=None):
         "pipeline": args.pipeline,
         "overrides": args.set,
         "init_from": args.init_from,
+        "mixed_precision": args.mixed_precision,
     }
+    backbone = float32_backbone(model.backbone)
     preset = recipe_utils.export_preset(
-        model.backbone, os.path.join(output, "preset"), proto, config["image_size"]
+        backbone, os.path.join(output, "preset"), proto, config["image_size"]
     )
     print(f"Preset written to {preset}")
     evaluation = None
     if shapes and not args.no_eval:
-        evaluation, report = evaluate_and_write(model.backbone, proto, config, args, output, info)
+        evaluation, report = evaluate_and_write(backbone, proto, config, args, output, info)
         print(report)
     else:
         with open(os.path.join(output, "results.json"), "w") as f:

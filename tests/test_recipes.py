@@ -275,3 +275,25 @@ def test_a_finished_run_continues_with_its_heads_on_a_new_schedule(tmp_path):
         first_vocabulary = f.read()
     with open(os.path.join(out["preset"], "assets", "tokenizer", "vocabulary.spm"), "rb") as f:
         assert f.read() == first_vocabulary
+
+
+def test_mixed_precision_trains_in_bfloat16_and_writes_a_float32_preset(tmp_path, monkeypatch):
+    import pretrain
+
+    built = []
+    build = pretrain.build_pretrainer
+    monkeypatch.setattr(pretrain, "build_pretrainer", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    out = pretrain.main(
+        ["--quick", "--pipeline", "python", "--steps", "2", "--no-eval", "--mixed-precision",
+         "--output", str(tmp_path / "run"), "--verbose", "0"]
+    )  # fmt: skip
+    trained = built[-1].backbone
+    assert trained.compute_dtype == "bfloat16" and trained.variable_dtype == "float32"
+    assert np.isfinite(out["train"]["final_logs"]["loss"])
+    # The process's policy is back, and the preset computes in float32 with
+    # exactly the trained (float32) variables.
+    assert keras.config.dtype_policy().name == "float32"
+    preset = TIPSv2Backbone.from_preset(out["preset"])
+    assert preset.compute_dtype == "float32"
+    for want, got in zip(trained.weights, preset.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(want))
