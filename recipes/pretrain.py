@@ -249,14 +249,13 @@ def _tuples(world):
     return {k: tuple(v) if isinstance(v, list) else v for k, v in world.items()}
 
 
-def tokenizer_proto(args, config, world):
+def tokenizer_proto(args, config, world, init_preset):
     """SentencePiece bytes: --tokenizer, the --init-from preset's, or one
     trained on ShapesWorld text."""
     if args.tokenizer:
         return recipe_utils.read_bytes(args.tokenizer)
-    if args.init_from:
-        preset, _ = recipe_utils.init_sources(args.init_from)
-        return recipe_utils.preset_tokenizer_proto(preset)
+    if init_preset:
+        return recipe_utils.preset_tokenizer_proto(init_preset)
     return train_shapes_tokenizer(
         world,
         num_samples=config.get("tokenizer_samples", 2000),
@@ -313,10 +312,9 @@ def step_batches(world, tokenizer, config, seed, workers):
 # --- Model ---------------------------------------------------------------------
 
 
-def build_backbone(args, config, proto):
-    if args.init_from:
-        preset, _ = recipe_utils.init_sources(args.init_from)
-        return TIPSv2Backbone.from_preset(preset)
+def build_backbone(config, proto, init_preset):
+    if init_preset:
+        return TIPSv2Backbone.from_preset(init_preset)
     kwargs = dict(config["backbone"])
     vocabulary = recipe_utils.proto_vocabulary_size(proto)
     kwargs["text_vocabulary_size"] = max(kwargs["text_vocabulary_size"], vocabulary)
@@ -447,12 +445,16 @@ def run(args):
     apply_distribution(args)
     shapes = recipe_utils.uses_shapes(args)
     world = shapes_world(config, "train", seed=args.seed)
-    proto = tokenizer_proto(args, config, world)
-    init_weights = recipe_utils.init_sources(args.init_from)[1] if args.init_from else None
+    # --init-from resolved once: the preset for backbone and tokenizer, and a
+    # run folder's checkpoint (None for a preset) for the whole pretrainer.
+    init_preset, init_weights = (
+        recipe_utils.init_sources(args.init_from) if args.init_from else (None, None)
+    )
+    proto = tokenizer_proto(args, config, world, init_preset)
 
     def fresh_model(plan):
         keras.utils.set_random_seed(args.seed)
-        model = build_pretrainer(build_backbone(args, config, proto), config, plan, args.seed)
+        model = build_pretrainer(build_backbone(config, proto, init_preset), config, plan, args.seed)
         if init_weights:
             recipe_utils.load_pretrainer_weights(model, init_weights)
         return model

@@ -282,7 +282,12 @@ def test_mixed_precision_trains_in_bfloat16_and_writes_a_float32_preset(tmp_path
 
     built = []
     build = pretrain.build_pretrainer
-    monkeypatch.setattr(pretrain, "build_pretrainer", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+
+    def build_and_keep(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(pretrain, "build_pretrainer", build_and_keep)
     out = pretrain.main(
         ["--quick", "--pipeline", "python", "--steps", "2", "--no-eval", "--mixed-precision",
          "--output", str(tmp_path / "run"), "--verbose", "0"]
