@@ -47,6 +47,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="pretrain.py --quick runs (smoke test)")
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--output", default="runs/ablation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a pretrain.py config override for every run, e.g. --set world.empty_fraction=0")
     return parser.parse_args(argv)
 
 
@@ -60,6 +62,8 @@ def run_flags(variant, seed, args, steps, output):
         flags.append("--quick")
     if steps is not None:
         flags += ["--steps", str(steps)]
+    for assignment in args.set:
+        flags += ["--set", assignment]
     return flags
 
 

@@ -22,8 +22,16 @@ covers several patches, so 64 px images with patch 8 and objects of radius
 20-40 % of the side (1.6-3.2 patches). The world names the background in
 its short captions and alt-text (`describe_background`): otherwise the
 "background" prompt of every vocabulary is never trained and the model never
-predicts it (600 steps on a GPU: colour mIoU 11.6 -> 19.5). The contrastive
-loss does most of the work in ten minutes, while DINO / iBOT++ start from
+predicts it (600 steps on a GPU: colour mIoU 11.6 -> 19.5). But a word that
+every caption carries is weak evidence for a contrastive loss, so 30 % of
+the training images are empty textured backgrounds captioned "an empty
+striped background" (`empty_fraction`; the held-out benchmark keeps its
+images with objects). Over three seeds of 950 CPU steps this moved colour
+mIoU 13.9 +- 3.1 -> 17.9 +- 1.0 (values) and 12.3 +- 2.4 -> 16.8 +- 2.0 (no
+residual). What still holds it back: in images with objects, background
+patches mostly take an object's colour (after four layers their tokens carry
+the whole image), while empty images are labelled background throughout.
+The contrastive loss does most of the work in ten minutes, while DINO / iBOT++ start from
 random prototypes and pay off later, so their weights are cut to 0.1 and 0.2
 (the recipe's 1:2 ratio kept; 600 steps, colour 19.5 against 13.7 with 0.25 /
 0.5), the teacher temperature warms up over the first third of training and
@@ -80,7 +88,9 @@ CONFIGS = {
     "tiny": dict(
         backbone=_vit(128, 4, 4, 2, patch=8, grid=8, vocabulary=256, text_length=48),
         image_size=64,
-        world=dict(radius_range=(0.2, 0.4), num_objects=(1, 3), describe_background=True),
+        world=dict(
+            radius_range=(0.2, 0.4), num_objects=(1, 3), describe_background=True, empty_fraction=0.3
+        ),
         train_samples=4096,
         batch_size=64,
         steps_per_epoch=50,
@@ -242,7 +252,12 @@ def apply_override(config, assignment):
 
 
 def shapes_world(config, split, seed=0):
-    return ShapesWorld(image_size=config["image_size"], split=split, seed=seed, **_tuples(config["world"]))
+    world = _tuples(config["world"])
+    if split == "validation":
+        # Empty images are a training aid; the benchmark scores images with
+        # objects, the same held-out images as every earlier result.
+        world.pop("empty_fraction", None)
+    return ShapesWorld(image_size=config["image_size"], split=split, seed=seed, **world)
 
 
 def _tuples(world):

@@ -242,6 +242,29 @@ def test_set_overrides_nested_config_entries_with_json_values():
         pretrain.apply_override(config, "learning_rate.x=1")
 
 
+def test_empty_images_are_trained_on_but_never_scored():
+    import pretrain
+
+    config = {"image_size": 32, "world": {"describe_background": True, "empty_fraction": 0.5}}
+    assert pretrain.shapes_world(config, "train").empty_fraction == 0.5
+    held_out = pretrain.shapes_world(config, "validation")
+    assert held_out.empty_fraction == 0.0
+    assert all(held_out.sample(index)["objects"] for index in range(10))
+    assert config["world"]["empty_fraction"] == 0.5  # the config is left as it was
+
+
+def test_ablation_hands_its_overrides_to_every_run():
+    import ablate
+    import pretrain
+
+    args = ablate.parse_args(["--steps", "5", "--set", "world.empty_fraction=0"])
+    for name, variant in ablate.VARIANTS:
+        flags = ablate.run_flags(variant, 2, args, 5, "out")
+        config = pretrain.run_config(pretrain.parse_args(flags))
+        assert config["world"]["empty_fraction"] == 0, name
+        assert config["pretrainer"]["patch_loss"] == variant["patch_loss"], name
+
+
 def test_python_pipeline_trains_on_shapes_world_without_tf_data(tmp_path):
     import pretrain
 

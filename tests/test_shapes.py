@@ -242,3 +242,33 @@ def test_describe_background_names_the_texture_and_changes_only_captions():
         assert words_b - objects - set(NOISE_WORDS) <= {texture, "background"}
         mentions += "background" in b["alt_text"]
     assert 3 <= mentions <= 17  # each alt-text names it with probability 1/2
+
+
+def test_empty_fraction_adds_background_only_images_and_leaves_the_others_untouched():
+    from keras_tipsv2.data.shapes import TEXTURE_WORDS
+
+    plain = small_world(describe_background=True)
+    mixed = small_world(describe_background=True, empty_fraction=0.3)
+    empty = [index for index in range(60) if mixed.is_empty(index)]
+    assert 6 <= len(empty) <= 30  # each image is empty with probability 0.3
+    for index in range(60):
+        a, b = plain.sample(index), mixed.sample(index)
+        if index not in empty:
+            assert a["image"].tobytes() == b["image"].tobytes()
+            assert [a[k] for k in ("alt_text", "caption_short", "caption_long")] == [
+                b[k] for k in ("alt_text", "caption_short", "caption_long")
+            ]
+            continue
+        assert b["objects"] == []
+        for labels in b["labels"].values():
+            assert not labels.any()  # every pixel is background
+        texture = b["caption_short"].split()[2]
+        assert texture in TEXTURE_WORDS.values()
+        assert b["caption_short"] == f"an empty {texture} background"
+        assert b["caption_long"] == f"an empty {texture} background with no shapes"
+        assert not alt_words(b) & (set(COLOURS) | set(SHAPES))
+
+
+def test_empty_fraction_must_leave_room_for_objects():
+    with pytest.raises(ValueError, match="empty_fraction"):
+        small_world(empty_fraction=1.0)

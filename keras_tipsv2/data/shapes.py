@@ -96,6 +96,14 @@ class ShapesWorld:
             texture word and the word "background" in the alt-text. Without
             it only the long caption mentions the background, and the word
             "background" (class 0 of every vocabulary) is barely trained.
+        empty_fraction: the probability that an image holds no object at
+            all: only its textured background, captioned as such ("an empty
+            striped background"). A word that every caption carries teaches
+            the contrastive loss nothing, so without empty images the
+            "background" prompt of every vocabulary stays unanchored and
+            zero-shot segmentation labels background patches with colours.
+            Drawn from a stream of its own, so 0 (the default) leaves every
+            sample bit-identical to a world without the option.
 
     Example:
     ```python
@@ -115,6 +123,7 @@ class ShapesWorld:
         split="train",
         seed=0,
         describe_background=False,
+        empty_fraction=0.0,
     ):
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
@@ -129,6 +138,8 @@ class ShapesWorld:
                 "radius_range must be (min, max) fractions of the image side "
                 f"with 0 < min <= max <= 0.5; got {radius_range}."
             )
+        if not 0.0 <= empty_fraction < 1.0:
+            raise ValueError(f"empty_fraction must be in [0, 1); got {empty_fraction}.")
         if image_size < 8:
             raise ValueError(f"image_size must be at least 8; got {image_size}.")
         self.image_size = int(image_size)
@@ -137,6 +148,7 @@ class ShapesWorld:
         self.split = split
         self.seed = int(seed)
         self.describe_background = bool(describe_background)
+        self.empty_fraction = float(empty_fraction)
         centres = np.arange(self.image_size, dtype=np.float32) + 0.5
         self._ys, self._xs = np.meshgrid(centres, centres, indexing="ij")
 
@@ -157,7 +169,10 @@ class ShapesWorld:
         rng = np.random.default_rng([self.seed, self.sample_seed(index)])
         texture = TEXTURES[rng.integers(len(TEXTURES))]
         image = self._background(rng, texture)
-        objects, instances = self._place_objects(rng)
+        if self.is_empty(index):
+            objects, instances = [], np.zeros(image.shape[:2], np.int32)
+        else:
+            objects, instances = self._place_objects(rng)
         shades = np.zeros((len(objects) + 1, 3), np.float32)
         for k, obj in enumerate(objects):
             shades[k + 1] = PALETTE[obj["colour_index"]] + rng.uniform(-15, 15, 3)
@@ -178,6 +193,15 @@ class ShapesWorld:
 
     def __getitem__(self, index):
         return self.sample(index)
+
+    def is_empty(self, index):
+        """Whether sample `index` is background only (see `empty_fraction`)."""
+        if self.empty_fraction <= 0:
+            return False
+        # A stream of its own: the image and the objects of a non-empty
+        # sample come out the same whatever the fraction.
+        rng = np.random.default_rng([self.seed, self.sample_seed(index), 1])
+        return bool(rng.uniform() < self.empty_fraction)
 
     def _background(self, rng, texture):
         # Two low-saturation tints mixed by a texture pattern, so objects are
@@ -358,9 +382,18 @@ TEXTURE_WORDS = {
 }
 
 
+def empty_caption(texture=None):
+    """The caption of an image without objects: "an empty striped background"."""
+    if texture is None:
+        return "an empty background"
+    return f"an empty {TEXTURE_WORDS[texture]} background"
+
+
 def short_caption(objects, texture=None):
     """Returns e.g. "a red circle and a blue star", followed by "on a
     striped background" when `texture` is given."""
+    if not objects:
+        return empty_caption(texture)
     caption = join_phrases([f"a {name(obj)}" for obj in objects])
     if texture is None:
         return caption
@@ -369,6 +402,8 @@ def short_caption(objects, texture=None):
 
 def long_caption(objects, texture):
     """Returns a caption with sizes, positions and pairwise relations."""
+    if not objects:
+        return empty_caption(texture) + " with no shapes"
     phrases = []
     for k, obj in enumerate(objects):
         phrase = f"a {obj['size']} {name(obj)} {obj['position']}"
@@ -386,6 +421,10 @@ def alt_text(rng, objects, texture=None):
     With `texture`, its word and "background" are each added half the time.
     """
     keywords = [word for obj in objects for word in (obj["colour"], obj["shape"])]
+    if not keywords:
+        # No object: the background is the subject and its words the keywords.
+        keywords = ["background"] + ([TEXTURE_WORDS[texture]] if texture is not None else [])
+        texture = None
     kept = [word for word in keywords if rng.uniform() > 0.3]
     if not kept:
         kept = [keywords[int(rng.integers(len(keywords)))]]
