@@ -27,7 +27,7 @@ every caption carries is weak evidence for a contrastive loss, so 30 % of
 the training images are empty textured backgrounds captioned "an empty
 striped background" (`empty_fraction`; the held-out benchmark keeps its
 images with objects). Over three seeds of 950 CPU steps this moved colour
-mIoU 13.9 +- 3.1 -> 17.9 +- 1.0 (values) and 12.3 +- 2.4 -> 16.8 +- 2.0 (no
+mIoU 13.9 +- 3.1 -> 17.9 +- 1.1 (values) and 12.3 +- 2.4 -> 16.8 +- 2.0 (no
 residual). What still holds it back: in images with objects, background
 patches mostly take an object's colour (after four layers their tokens carry
 the whole image), while empty images are labelled background throughout.
