@@ -98,12 +98,11 @@ class ShapesWorld:
             "background" (class 0 of every vocabulary) is barely trained.
         empty_fraction: the probability that an image holds no object at
             all: only its textured background, captioned as such ("an empty
-            striped background"). A word that every caption carries teaches
-            the contrastive loss nothing, so without empty images the
-            "background" prompt of every vocabulary stays unanchored and
-            zero-shot segmentation labels background patches with colours.
-            Drawn from a stream of its own, so 0 (the default) leaves every
-            sample bit-identical to a world without the option.
+            striped background"). A word that every caption carries is weak
+            evidence for a contrastive loss; empty images give "background"
+            (class 0 of every vocabulary) a meaning of its own. Drawn from a
+            stream of its own, so 0 (the default) leaves every sample
+            bit-identical to a world without the option.
 
     Example:
     ```python
