@@ -208,3 +208,24 @@ def test_temperature_is_trained_and_saved_with_the_weights(tmp_path):
     backbone.save_to_preset(str(tmp_path))
     revived = TIPSv2Backbone.from_preset(str(tmp_path))
     assert abs(float(ops.convert_to_numpy(revived.temperature)) - 0.0123) < 1e-7
+
+
+def test_small_layer_scale_init_starts_each_token_as_its_own_embedding(rng):
+    # DINOv2's LayerScale init (1e-5): at step 0 no block mixes tokens, so
+    # each output token is its own normed patch embedding.
+    kwargs = tiny_backbone_kwargs(vision_layer_scale=True, vision_layer_scale_init=1e-5)
+    backbone = TIPSv2Backbone(**kwargs)
+    encoder = backbone.vision_encoder
+    for block in encoder.blocks:
+        for scale in (block.ls1, block.ls2):
+            np.testing.assert_allclose(ops.convert_to_numpy(scale.gamma), 1e-5, rtol=1e-6)
+    images = rng.uniform(size=(2, 28, 42, 3)).astype("float32")
+    tokens = encoder.norm(encoder.embedding(images))
+    expected = ops.reshape(tokens[:, 2:], (2, 2, 3, 32))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(encoder(images)["patch_tokens"]),
+        ops.convert_to_numpy(expected),
+        atol=1e-3,
+    )
+    revived = TIPSv2Backbone.from_config(backbone.get_config())
+    assert revived.vision_encoder.blocks[0].ls1.init_value == 1e-5

@@ -96,6 +96,10 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         mlp_activation: "gelu" | "gelu_tanh" | "swiglu".
         layer_scale: keep LayerScale multipliers (the official PyTorch
             checkpoints carry them; the Scenic ones do not).
+        layer_scale_init: the gammas' starting value when training from
+            scratch (checkpoints overwrite it). 1.0 leaves each residual
+            branch at full strength; DINOv2 trains from 1e-5, so every token
+            starts as its own patch embedding and mixing grows as learned.
         drop_path_rate: stochastic depth rate, used only when training.
         layer_norm_epsilon: 1e-6 in both references.
 
@@ -114,6 +118,7 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         intermediate_dim,
         mlp_activation="gelu",
         layer_scale=False,
+        layer_scale_init=1.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
         **kwargs,
@@ -124,6 +129,7 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.mlp_activation = mlp_activation
         self.layer_scale = layer_scale
+        self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
         policy = self.dtype_policy
@@ -140,8 +146,8 @@ class TIPSv2VisionBlock(keras.layers.Layer):
             hidden_dim, intermediate_dim, mlp_activation, dtype=policy, name="mlp"
         )
         if layer_scale:
-            self.ls1 = LayerScale(hidden_dim, dtype=policy, name="ls1")
-            self.ls2 = LayerScale(hidden_dim, dtype=policy, name="ls2")
+            self.ls1 = LayerScale(hidden_dim, layer_scale_init, dtype=policy, name="ls1")
+            self.ls2 = LayerScale(hidden_dim, layer_scale_init, dtype=policy, name="ls2")
         self.drop_path = DropPath(drop_path_rate, dtype=policy, name="drop_path")
 
     def build(self, input_shape):
@@ -180,6 +186,7 @@ class TIPSv2VisionBlock(keras.layers.Layer):
                 "intermediate_dim": self.intermediate_dim,
                 "mlp_activation": self.mlp_activation,
                 "layer_scale": self.layer_scale,
+                "layer_scale_init": self.layer_scale_init,
                 "drop_path_rate": self.drop_path_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
             }

@@ -31,6 +31,8 @@ class TIPSv2Backbone(Backbone):
         vision_layer_norm_epsilon: 1e-6.
         vision_layer_scale: keep LayerScale multipliers (checkpoints whose
             gammas are not all one); converters fold them otherwise.
+        vision_layer_scale_init: the gammas' starting value for training
+            from scratch (DINOv2: 1e-5; checkpoints overwrite it).
         vision_drop_path_rate: stochastic depth for training.
         text_vocabulary_size: 32000.
         text_hidden_dim, text_num_layers, text_num_heads,
@@ -67,6 +69,7 @@ class TIPSv2Backbone(Backbone):
         vision_position_grid=(32, 32),
         vision_layer_norm_epsilon=1e-6,
         vision_layer_scale=False,
+        vision_layer_scale_init=1.0,
         vision_drop_path_rate=0.0,
         text_vocabulary_size=32000,
         text_max_sequence_length=64,
@@ -94,6 +97,7 @@ class TIPSv2Backbone(Backbone):
             position_grid=vision_position_grid,
             layer_norm_epsilon=vision_layer_norm_epsilon,
             layer_scale=vision_layer_scale,
+            layer_scale_init=vision_layer_scale_init,
             drop_path_rate=vision_drop_path_rate,
             dtype=dtype,
             name="vision_encoder",
@@ -152,6 +156,7 @@ class TIPSv2Backbone(Backbone):
         self.vision_position_grid = tuple(vision_position_grid)
         self.vision_layer_norm_epsilon = vision_layer_norm_epsilon
         self.vision_layer_scale = vision_layer_scale
+        self.vision_layer_scale_init = vision_layer_scale_init
         self.vision_drop_path_rate = vision_drop_path_rate
         self.text_vocabulary_size = text_vocabulary_size
         self.text_hidden_dim = text_hidden_dim
@@ -296,6 +301,7 @@ class TIPSv2Backbone(Backbone):
                 "vision_position_grid": list(self.vision_position_grid),
                 "vision_layer_norm_epsilon": self.vision_layer_norm_epsilon,
                 "vision_layer_scale": self.vision_layer_scale,
+                "vision_layer_scale_init": self.vision_layer_scale_init,
                 "vision_drop_path_rate": self.vision_drop_path_rate,
                 "text_vocabulary_size": self.text_vocabulary_size,
                 "text_hidden_dim": self.text_hidden_dim,

@@ -27,6 +27,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         position_grid=(32, 32),
         layer_norm_epsilon=1e-6,
         layer_scale=False,
+        layer_scale_init=1.0,
         drop_path_rate=0.0,
         **kwargs,
     ):
@@ -41,6 +42,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         self.position_grid = tuple(position_grid)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.layer_scale = layer_scale
+        self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
         policy = self.dtype_policy
         self.embedding = TIPSv2VisionEmbedding(
@@ -58,6 +60,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 intermediate_dim,
                 mlp_activation=mlp_activation,
                 layer_scale=layer_scale,
+                layer_scale_init=layer_scale_init,
                 # Linear stochastic-depth schedule over depth (Scenic's).
                 drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
                 layer_norm_epsilon=layer_norm_epsilon,
@@ -152,6 +155,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 "position_grid": list(self.position_grid),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "layer_scale": self.layer_scale,
+                "layer_scale_init": self.layer_scale_init,
                 "drop_path_rate": self.drop_path_rate,
             }
         )
