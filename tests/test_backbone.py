@@ -1,5 +1,7 @@
 """TIPSv2Backbone as a KerasHub backbone: harness, public calls, bad input."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -229,3 +231,31 @@ def test_small_layer_scale_init_starts_each_token_as_its_own_embedding(rng):
     )
     revived = TIPSv2Backbone.from_config(backbone.get_config())
     assert revived.vision_encoder.blocks[0].ls1.init_value == 1e-5
+
+
+def test_layer_scale_init_takes_one_value_per_block(tmp_path):
+    # The tiny recipe starts every block near zero except the last, whose
+    # value path the TIPS zero-shot protocol reads beside its residual.
+    kwargs = tiny_backbone_kwargs(
+        vision_layer_scale=True, vision_layer_scale_init=[1e-5, 1.0]
+    )
+    backbone = TIPSv2Backbone(**kwargs)
+    gammas = [
+        float(ops.convert_to_numpy(block.ls2.gamma)[0])
+        for block in backbone.vision_encoder.blocks
+    ]
+    np.testing.assert_allclose(gammas, [1e-5, 1.0], rtol=1e-6)
+    backbone.save_to_preset(str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)["config"]["vision_layer_scale_init"]
+    assert saved == [1e-5, 1.0]
+    revived = TIPSv2Backbone.from_config(backbone.get_config())
+    assert [b.ls1.init_value for b in revived.vision_encoder.blocks] == [1e-5, 1.0]
+
+
+def test_layer_scale_init_list_must_match_the_depth():
+    kwargs = tiny_backbone_kwargs(
+        vision_layer_scale=True, vision_layer_scale_init=[1e-5, 1e-5, 1.0]
+    )
+    with pytest.raises(ValueError, match="3 values but the tower has 2 blocks"):
+        TIPSv2Backbone(**kwargs)

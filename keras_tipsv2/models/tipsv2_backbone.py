@@ -32,7 +32,9 @@ class TIPSv2Backbone(Backbone):
         vision_layer_scale: keep LayerScale multipliers (checkpoints whose
             gammas are not all one); converters fold them otherwise.
         vision_layer_scale_init: the gammas' starting value for training
-            from scratch (DINOv2: 1e-5; checkpoints overwrite it).
+            from scratch (DINOv2: 1e-5; checkpoints overwrite it): one
+            number, or a list with one per block (e.g. near zero except the
+            last block, whose value path the TIPS protocol reads).
         vision_drop_path_rate: stochastic depth for training.
         text_vocabulary_size: 32000.
         text_hidden_dim, text_num_layers, text_num_heads,
@@ -301,7 +303,11 @@ class TIPSv2Backbone(Backbone):
                 "vision_position_grid": list(self.vision_position_grid),
                 "vision_layer_norm_epsilon": self.vision_layer_norm_epsilon,
                 "vision_layer_scale": self.vision_layer_scale,
-                "vision_layer_scale_init": self.vision_layer_scale_init,
+                "vision_layer_scale_init": (
+                    self.vision_layer_scale_init
+                    if isinstance(self.vision_layer_scale_init, (int, float))
+                    else list(self.vision_layer_scale_init)
+                ),
                 "vision_drop_path_rate": self.vision_drop_path_rate,
                 "text_vocabulary_size": self.text_vocabulary_size,
                 "text_hidden_dim": self.text_hidden_dim,

@@ -5,6 +5,24 @@ from keras_tipsv2.layers.vision_block import TIPSv2VisionBlock
 from keras_tipsv2.layers.vision_embedding import TIPSv2VisionEmbedding
 
 
+def layer_scale_init_per_block(layer_scale_init, num_layers):
+    """One LayerScale starting value per block from a number or a list.
+
+    A list lets the last block start at full strength while the others
+    start near zero: the TIPS zero-shot protocol keeps the last block's
+    residual, so its value path must be trained to outweigh it.
+    """
+    if isinstance(layer_scale_init, (int, float)):
+        return [float(layer_scale_init)] * num_layers
+    values = [float(v) for v in layer_scale_init]
+    if len(values) != num_layers:
+        raise ValueError(
+            f"layer_scale_init has {len(values)} values but the tower has "
+            f"{num_layers} blocks; give one number or one per block."
+        )
+    return values
+
+
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
 class TIPSv2VisionEncoder(keras.layers.Layer):
     """The TIPSv2 image tower: embedding, pre-LN blocks, final LayerNorm.
@@ -44,6 +62,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         self.layer_scale = layer_scale
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
+        block_inits = layer_scale_init_per_block(layer_scale_init, num_layers)
         policy = self.dtype_policy
         self.embedding = TIPSv2VisionEmbedding(
             hidden_dim,
@@ -60,7 +79,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 intermediate_dim,
                 mlp_activation=mlp_activation,
                 layer_scale=layer_scale,
-                layer_scale_init=layer_scale_init,
+                layer_scale_init=block_inits[i],
                 # Linear stochastic-depth schedule over depth (Scenic's).
                 drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
                 layer_norm_epsilon=layer_norm_epsilon,
@@ -155,7 +174,11 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 "position_grid": list(self.position_grid),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "layer_scale": self.layer_scale,
-                "layer_scale_init": self.layer_scale_init,
+                "layer_scale_init": (
+                    self.layer_scale_init
+                    if isinstance(self.layer_scale_init, (int, float))
+                    else list(self.layer_scale_init)
+                ),
                 "drop_path_rate": self.drop_path_rate,
             }
         )
