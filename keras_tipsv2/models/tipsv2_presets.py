@@ -57,7 +57,7 @@ if os.path.exists(os.path.join(_TINY, "config.json")):
         "metadata": {
             "description": "Tiny TIPSv2 (width 128, patch 8, 64 px) pretrained on ShapesWorld "
             "by recipes/pretrain.py; offline demo, see its TRAINING.md.",
-            "params": 1_256_193,
+            "params": 1_257_217,
             "path": "tipsv2",
             "official_name": "TIPSv2",
         },
