@@ -303,6 +303,8 @@ class TIPSv2Backbone(Backbone):
                 "vision_position_grid": list(self.vision_position_grid),
                 "vision_layer_norm_epsilon": self.vision_layer_norm_epsilon,
                 "vision_layer_scale": self.vision_layer_scale,
+                # Keras wraps list attributes in a TrackedList; configs hold
+                # plain values.
                 "vision_layer_scale_init": (
                     self.vision_layer_scale_init
                     if isinstance(self.vision_layer_scale_init, (int, float))

@@ -174,6 +174,8 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 "position_grid": list(self.position_grid),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "layer_scale": self.layer_scale,
+                # Keras wraps list attributes in a TrackedList; configs hold
+                # plain values.
                 "layer_scale_init": (
                     self.layer_scale_init
                     if isinstance(self.layer_scale_init, (int, float))
