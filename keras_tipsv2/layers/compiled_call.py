@@ -12,7 +12,8 @@ This is the one place outside training with per-backend code, because a
 measured speed-up demands it:
 - JAX: `jax.jit` of the call with the layer's variables as arguments,
   through a `StatelessScope` (the same mechanism `Layer.stateless_call`
-  uses), so updated weights are always read.
+  uses), so updated weights are always read. On CPU it is compiled with
+  XLA's YNNPACK dot fusions off (`jax_compiler_options`).
 - TensorFlow: `tf.function`, traced per shape.
 - torch: eager is torch's native mode; nothing is compiled.
 
@@ -21,6 +22,8 @@ inside a JAX trace or `StatelessScope` (train steps, `jax.grad`), in a
 TensorFlow graph, for symbolic inputs, or when training, the plain call
 runs, so gradients and train steps behave exactly as before.
 """
+
+import functools
 
 import keras
 
@@ -78,7 +81,7 @@ def _jax_function(layer, fn):
 
     variables = list(layer.variables)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=jax_compiler_options())
     def pure(values, tensors):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return fn(*tensors)
@@ -86,4 +89,35 @@ def _jax_function(layer, fn):
     def call(*tensors):
         return pure([v.value for v in variables], tensors)
 
+    # The lowered computation for these inputs, to read what XLA compiles.
+    call.lower = lambda *tensors: pure.lower([v.value for v in variables], tensors)
     return call
+
+
+# XLA:CPU (jaxlib 0.10) hands every standalone dot to YNNPACK by default.
+# Measured on this project's 2-core AVX-512 CPU (benchmarks/RESULTS.md):
+# the B/14 MLP's matmuls ran at 152-158 GFLOP/s that way and 178-186 with
+# the option below (XLA's own dot emitter), and the whole B/14 image tower
+# 14.6 -> 11.1 s at 448 px, 2.53 -> 2.21 s at 224 px, float32; bfloat16
+# dots gained too (139 -> 176 GFLOP/s). Outputs agree to 4e-6.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def jax_compiler_options():
+    """XLA compiler options for the compiled calls on JAX, or None.
+
+    The YNNPACK option on CPU only (other platforms compile as JAX
+    chooses). It is an experimental XLA option: a jaxlib that does not know
+    it rejects it when compiling, so it is tried once on a one-op function
+    and dropped if refused, leaving the default compilation.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS)(0.0)
+    except jax.errors.JaxRuntimeError:
+        return None
+    return dict(_CPU_OPTIONS)

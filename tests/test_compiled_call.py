@@ -1,0 +1,76 @@
+"""The public calls' compiled path: same numbers as the plain towers, and on
+JAX/CPU compiled with the XLA options that made the towers faster."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_tipsv2 import TIPSv2Backbone
+from keras_tipsv2.layers import compiled_call
+from tests.conftest import tiny_backbone_kwargs
+
+jax_only = pytest.mark.skipif(keras.config.backend() != "jax", reason="JAX's compiler options")
+
+
+def test_encode_images_matches_the_plain_image_tower(rng):
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    images = rng.random((2, 28, 42, 3)).astype("float32")
+    compiled = backbone.encode_images(images)
+    plain = backbone.vision_encoder(ops.convert_to_tensor(images))
+    for key in ("cls_tokens", "patch_tokens"):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(compiled[key]), ops.convert_to_numpy(plain[key]), atol=1e-5
+        )
+
+
+def test_encode_text_matches_the_plain_text_tower():
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    ids = np.array([[5, 9, 3, 0], [7, 1, 0, 0]], "int32")
+    mask = (ids > 0).astype("int32")
+    compiled = backbone.encode_text(ids, mask)
+    plain = backbone.text_encoder(ops.convert_to_tensor(ids), ops.convert_to_tensor(mask))
+    np.testing.assert_allclose(ops.convert_to_numpy(compiled), ops.convert_to_numpy(plain), atol=1e-5)
+
+
+def _compiled_hlo(jitted_lowering):
+    return jitted_lowering.compile().as_text().lower()
+
+
+@jax_only
+def test_jax_cpu_options_take_dots_away_from_ynnpack():
+    import jax
+    import jax.numpy as jnp
+
+    if jax.default_backend() != "cpu":
+        assert compiled_call.jax_compiler_options() is None
+        return
+    options = compiled_call.jax_compiler_options()
+    assert options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    a = jnp.ones((64, 64))
+    default = _compiled_hlo(jax.jit(jnp.matmul).lower(a, a))
+    if "ynn_fusion" not in default:
+        pytest.skip("this jaxlib does not send dots to YNNPACK by default")
+    assert "ynn_fusion" not in _compiled_hlo(jax.jit(jnp.matmul, compiler_options=options).lower(a, a))
+
+
+@jax_only
+def test_encode_images_compiles_with_those_options(rng):
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    images = ops.convert_to_tensor(rng.random((1, 28, 28, 3)).astype("float32"))
+    backbone.encode_images(images)
+    (function,) = backbone.vision_encoder.__dict__["_tipsv2_compiled_calls"].values()
+    hlo = _compiled_hlo(function.lower(images, None))
+    assert "dot(" in hlo
+    if compiled_call.jax_compiler_options():
+        assert "ynn_fusion" not in hlo
+
+
+@jax_only
+def test_an_xla_that_refuses_the_option_gets_the_default_compilation(monkeypatch):
+    monkeypatch.setattr(compiled_call, "_CPU_OPTIONS", {"xla_cpu_option_no_xla_has": ""})
+    compiled_call.jax_compiler_options.cache_clear()
+    try:
+        assert compiled_call.jax_compiler_options() is None
+    finally:
+        compiled_call.jax_compiler_options.cache_clear()
