@@ -82,9 +82,20 @@ def inference(call, *args):
 
 def timed_row(name, impl, fn, repeats, **fields):
     first, median, times = c.timed(fn, repeats)
+    return _row(name, impl, (first, median, times), **fields)
+
+
+def _row(name, impl, timing, **fields):
+    first, median, times = timing
     row = dict(case=name, impl=impl, first_s=first, median_s=median, runs=len(times), **fields)
-    print(f"  {name:<14} {impl:<26} first {first:8.3f}s  median {median:8.3f}s", flush=True)
+    print(f"  {name:<14} {impl:<34} first {first:8.3f}s  median {median:8.3f}s", flush=True)
     return row
+
+
+def interleaved_rows(name, fns, repeats, **fields):
+    """One row per implementation, timed round-robin in one loop."""
+    timings = c.timed_interleaved(fns, repeats)
+    return [_row(name, impl, timing, **fields) for impl, timing in timings.items()]
 
 
 def image_rows(args, shape, hf, size, dtype):
@@ -96,19 +107,17 @@ def image_rows(args, shape, hf, size, dtype):
     fields = dict(size=size, dtype=dtype, batch=batch, flops=c.image_tower_flops(shape, size, size, batch))
     ours = c.backbone_from(hf, dtype=dtype)
     x = keras.ops.convert_to_tensor(images, dtype=dtype)
-    rows = []
-    fn = compiled(ours.vision_encoder, args.torch_compile, args.tf_xla)
-    rows.append(timed_row("image", "keras_tipsv2 compiled", lambda: c.to_numpy_tree(fn(x)), repeats, **fields))
-    rows.append(timed_row("image", "keras_tipsv2 encode_images", lambda: c.to_numpy_tree(inference(ours.encode_images, images)), repeats, **fields))
+    tower = compiled(ours.vision_encoder, args.torch_compile, args.tf_xla)
+    fns = {
+        "keras_tipsv2 compiled": lambda: c.to_numpy_tree(tower(x)),
+        "keras_tipsv2 encode_images": lambda: c.to_numpy_tree(inference(ours.encode_images, images)),
+    }
     if BACKEND == "torch" and args.torch_grad_rows:
         # What the same call costs when autograd records it (no no_grad).
-        rows.append(timed_row("image", "keras_tipsv2 encode_images (grad)", lambda: c.to_numpy_tree(ours.encode_images(images)), repeats, **fields))
-    del ours
+        fns["keras_tipsv2 encode_images (grad)"] = lambda: c.to_numpy_tree(ours.encode_images(images))
     if not args.skip_dinov2:
-        dino = c.dinov2_backbone(shape, size, dtype=dtype)
-        fn = compiled(dino, args.torch_compile, args.tf_xla)
-        rows.append(timed_row("image", "kerashub DINOV2 compiled", lambda: c.to_numpy_tree(fn(x)), repeats, **fields))
-        del dino
+        dino = compiled(c.dinov2_backbone(shape, size, dtype=dtype), args.torch_compile, args.tf_xla)
+        fns["kerashub DINOV2 compiled"] = lambda: c.to_numpy_tree(dino(x))
     hf_model = hf.to(torch_dtype)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(torch_dtype)
 
@@ -116,7 +125,8 @@ def image_rows(args, shape, hf, size, dtype):
         with torch.no_grad():
             return hf_model.vision_model(pixel_values=pixels).last_hidden_state.float().numpy()
 
-    rows.append(timed_row("image", "transformers Tipsv2Model", hf_image, repeats, **fields))
+    fns["transformers Tipsv2Model"] = hf_image
+    rows = interleaved_rows("image", fns, repeats, **fields)
     hf.to(torch.float32)
     return rows
 
@@ -131,11 +141,7 @@ def text_rows(args, shape, hf, dtype):
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     ours = c.backbone_from(hf, dtype=dtype)
     tids, tmask = keras.ops.convert_to_tensor(ids), keras.ops.convert_to_tensor(mask)
-    fn = compiled(ours.text_encoder, args.torch_compile, args.tf_xla)
-    rows = [
-        timed_row("text", "keras_tipsv2 compiled", lambda: c.to_numpy_tree(fn(tids, tmask)), args.repeats, **fields),
-        timed_row("text", "keras_tipsv2 encode_text", lambda: c.to_numpy_tree(inference(ours.encode_text, ids, mask)), args.repeats, **fields),
-    ]
+    tower = compiled(ours.text_encoder, args.torch_compile, args.tf_xla)
     hf_model = hf.to(torch_dtype)
     t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask)
 
@@ -143,7 +149,12 @@ def text_rows(args, shape, hf, dtype):
         with torch.no_grad():
             return hf_model.text_model(input_ids=t_ids, attention_mask=t_mask).pooler_output.float().numpy()
 
-    rows.append(timed_row("text", "transformers Tipsv2Model", hf_text, args.repeats, **fields))
+    fns = {
+        "keras_tipsv2 compiled": lambda: c.to_numpy_tree(tower(tids, tmask)),
+        "keras_tipsv2 encode_text": lambda: c.to_numpy_tree(inference(ours.encode_text, ids, mask)),
+        "transformers Tipsv2Model": hf_text,
+    }
+    rows = interleaved_rows("text", fns, args.repeats, **fields)
     hf.to(torch.float32)
     return rows
 
