@@ -26,6 +26,7 @@ import _common as c  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from keras_tipsv2.layers.fused_dense import FusedBiasDense  # noqa: E402
 
 BACKEND = keras.config.backend()
 
@@ -87,7 +88,7 @@ def timed_row(name, impl, fn, repeats, **fields):
 
 def _row(name, impl, timing, **fields):
     first, median, times = timing
-    row = dict(case=name, impl=impl, first_s=first, median_s=median, runs=len(times), **fields)
+    row = dict(case=name, impl=impl, first_s=first, median_s=median, runs=len(times), times_s=times, **fields)
     print(f"  {name:<14} {impl:<34} first {first:8.3f}s  median {median:8.3f}s", flush=True)
     return row
 
@@ -115,6 +116,13 @@ def image_rows(args, shape, hf, size, dtype):
     if BACKEND == "torch" and args.torch_grad_rows:
         # What the same call costs when autograd records it (no no_grad).
         fns["keras_tipsv2 encode_images (grad)"] = lambda: c.to_numpy_tree(ours.encode_images(images))
+    if BACKEND == "torch" and args.torch_unfused_rows:
+        # The same call with every FusedBiasDense on Keras's matmul + add.
+        unfused = c.backbone_from(hf, dtype=dtype)
+        for layer in unfused._flatten_layers():
+            if isinstance(layer, FusedBiasDense):
+                layer._fuses_bias = lambda: False
+        fns["keras_tipsv2 encode_images (Keras Dense)"] = lambda: c.to_numpy_tree(inference(unfused.encode_images, images))
     if not args.skip_dinov2:
         dino = compiled(c.dinov2_backbone(shape, size, dtype=dtype), args.torch_compile, args.tf_xla)
         fns["kerashub DINOV2 compiled"] = lambda: c.to_numpy_tree(dino(x))
@@ -233,6 +241,7 @@ def main():
     parser.add_argument("--skip-public", action="store_true", help="skip predict and segmentation")
     parser.add_argument("--torch-compile", action="store_true", help="torch backend: torch.compile the towers")
     parser.add_argument("--tf-xla", action="store_true", help="tensorflow backend: jit_compile=True (fails below 448 px)")
+    parser.add_argument("--torch-unfused-rows", action="store_true", help="torch backend: also time encode_images with Keras's Dense (bias added after the matmul)")
     parser.add_argument("--torch-grad-rows", action="store_true", help="torch backend: also time encode_images with autograd recording")
     parser.add_argument("--json", help="write rows and machine info here")
     args = parser.parse_args()

@@ -3,6 +3,8 @@ import functools
 import keras
 from keras import ops
 
+from keras_tipsv2.layers.fused_dense import FusedBiasDense
+
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
 class TIPSv2Attention(keras.layers.Layer):
@@ -37,10 +39,10 @@ class TIPSv2Attention(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.head_dim = hidden_dim // num_heads
-        self.qkv = keras.layers.Dense(
+        self.qkv = FusedBiasDense(
             3 * hidden_dim, dtype=self.dtype_policy, name="qkv"
         )
-        self.proj = keras.layers.Dense(
+        self.proj = FusedBiasDense(
             hidden_dim, dtype=self.dtype_policy, name="proj"
         )
 

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
+from keras_tipsv2.layers.fused_dense import FusedBiasDense
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
@@ -39,10 +40,10 @@ class TIPSv2TextBlock(keras.layers.Layer):
         self.norm2 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
         )
-        self.fc1 = keras.layers.Dense(
+        self.fc1 = FusedBiasDense(
             intermediate_dim, activation="relu", dtype=policy, name="fc1"
         )
-        self.fc2 = keras.layers.Dense(hidden_dim, dtype=policy, name="fc2")
+        self.fc2 = FusedBiasDense(hidden_dim, dtype=policy, name="fc2")
 
     def build(self, input_shape):
         self.norm1.build(input_shape)

@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
 from keras_tipsv2.layers.drop_path import DropPath
+from keras_tipsv2.layers.fused_dense import FusedBiasDense
 
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
 
@@ -56,8 +57,8 @@ class TIPSv2VisionMLP(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.activation = activation
         width = 2 * intermediate_dim if activation == "swiglu" else intermediate_dim
-        self.fc1 = keras.layers.Dense(width, dtype=self.dtype_policy, name="fc1")
-        self.fc2 = keras.layers.Dense(hidden_dim, dtype=self.dtype_policy, name="fc2")
+        self.fc1 = FusedBiasDense(width, dtype=self.dtype_policy, name="fc1")
+        self.fc2 = FusedBiasDense(hidden_dim, dtype=self.dtype_policy, name="fc2")
 
     def build(self, input_shape):
         self.fc1.build(input_shape)
