@@ -8,8 +8,9 @@ call also compiles each op separately. Users call `encode_images` /
 once per static configuration (the backend re-traces per input shape and
 keeps each trace).
 
-This and `fused_dense.py` are the only places outside training with
-per-backend code, because a measured speed-up demands it:
+Outside training, backend-specific code lives only here, in
+`fused_dense.py` and in `attention.py`'s JAX/CPU attention choice, each
+because a measured speed-up demands it:
 - JAX: `jax.jit` of the call with the layer's variables as arguments,
   through a `StatelessScope` (the same mechanism `Layer.stateless_call`
   uses), so updated weights are always read. On CPU it is compiled with

@@ -10,9 +10,10 @@ against 0.07 s for transformers, whose `Linear` adds its bias inside one
 gives the same numbers as matmul + add (bit-identical on this machine's
 oneDNN/MKL), gradients included.
 
-Every other case is Keras's own `Dense`, unchanged: the JAX and TensorFlow
-backends (XLA and TensorFlow's graph optimiser already fuse the add),
-layers without a bias, LoRA and quantized layers. The variables, their
+Every other case is Keras's own `Dense`, unchanged: JAX (XLA fuses the add
+into its dot), TensorFlow (the same change there, `tf.nn.bias_add` after a
+2-D matmul, measured no faster), layers without a bias, LoRA and quantized
+layers. The variables, their
 names and the config are `Dense`'s, so checkpoints and presets are the same.
 """
 
