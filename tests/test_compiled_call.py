@@ -59,7 +59,7 @@ def test_encode_images_compiles_with_those_options(rng):
     backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
     images = ops.convert_to_tensor(rng.random((1, 28, 28, 3)).astype("float32"))
     backbone.encode_images(images)
-    (function,) = backbone.vision_encoder.__dict__["_tipsv2_compiled_calls"].values()
+    (function,) = backbone.vision_encoder.__dict__[compiled_call._CACHE_ATTRIBUTE].values()
     hlo = _compiled_hlo(function.lower(images, None))
     assert "dot(" in hlo
     if compiled_call.jax_compiler_options():

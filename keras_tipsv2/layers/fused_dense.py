@@ -13,8 +13,8 @@ oneDNN/MKL), gradients included.
 Every other case is Keras's own `Dense`, unchanged: JAX (XLA fuses the add
 into its dot), TensorFlow (the same change there, `tf.nn.bias_add` after a
 2-D matmul, measured no faster), layers without a bias, LoRA and quantized
-layers. The variables, their
-names and the config are `Dense`'s, so checkpoints and presets are the same.
+layers. The variables, their names and the config are `Dense`'s, so
+checkpoints and presets are the same.
 """
 
 import keras
