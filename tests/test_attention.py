@@ -1,9 +1,11 @@
-"""TIPSv2Attention's explicit softmax path (taken on JAX CPUs for speed)."""
+"""TIPSv2Attention's backend-specific paths: the explicit softmax (JAX CPUs)
+and the copy-free torch kernel call, each against `ops.dot_product_attention`."""
 
 from unittest import mock
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 from keras_hub.src.tests.test_case import TestCase
 
@@ -58,6 +60,67 @@ class ExplicitAttentionTest(TestCase):
             ):
                 outputs.append(ops.convert_to_numpy(layer(x)))
         self.assertAllClose(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's kernel call")
+class TorchAttentionTest(TestCase):
+    def test_equals_keras_dot_product_attention(self):
+        q, k, v = _qkv(seed=4)
+        expected = ops.dot_product_attention(q, k, v, scale=8**-0.5)
+        got = attention._torch_attention(q, k, v, 8**-0.5)
+        self.assertEqual(tuple(got.shape), (2, 7, 3, 8))
+        self.assertAllClose(got, expected, atol=1e-6, rtol=1e-6)
+
+    def test_reads_strided_views_of_the_projection(self):
+        # The point of the path: q, k, v sliced from one (B, N, 3D) tensor
+        # are fed to the kernel as views, with no contiguous copies.
+        import torch
+
+        qkv = torch.randn(2, 7, 3 * 24)
+        q, k, v = (t.reshape(2, 7, 3, 8) for t in torch.split(qkv, 24, dim=-1))
+        copies = []
+        real_kernel = torch.nn.functional.scaled_dot_product_attention
+
+        def spy(q_, k_, v_, **kwargs):
+            copies.extend(t.is_contiguous() for t in (q_, k_, v_))
+            return real_kernel(q_, k_, v_, **kwargs)
+
+        with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", spy):
+            got = attention._torch_attention(q, k, v, 8**-0.5)
+        self.assertEqual(copies, [False, False, False])
+        expected = ops.dot_product_attention(q, k, v, scale=8**-0.5)
+        self.assertAllClose(got, expected, atol=1e-6, rtol=1e-6)
+
+    def test_gradients_match_keras_dot_product_attention(self):
+        q, k, v = _qkv(seed=5)
+
+        def loss(fn):
+            return lambda q_, k_, v_: ops.sum(fn(q_, k_, v_) ** 2)
+
+        fused = loss(lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5))
+        ours = loss(lambda a, b, c: attention._torch_attention(a, b, c, 8**-0.5))
+        for got, expected in zip(_grads(ours, q, k, v), _grads(fused, q, k, v)):
+            self.assertAllClose(got, expected, atol=1e-4, rtol=1e-4)
+
+    def test_bfloat16_matches_keras_dot_product_attention(self):
+        q, k, v = (ops.cast(t, "bfloat16") for t in _qkv(seed=6))
+        expected = ops.dot_product_attention(q, k, v, scale=8**-0.5)
+        got = attention._torch_attention(q, k, v, 8**-0.5)
+        self.assertEqual(keras.backend.standardize_dtype(got.dtype), "bfloat16")
+        self.assertAllClose(ops.cast(got, "float32"), ops.cast(expected, "float32"), atol=2e-2, rtol=2e-2)
+
+    def test_the_layer_calls_it_unless_keys_are_masked(self):
+        layer = attention.TIPSv2Attention(24, 3)
+        x = ops.convert_to_tensor(
+            np.random.default_rng(7).standard_normal((2, 9, 24)).astype("float32")
+        )
+        with mock.patch.object(
+            attention, "_torch_attention", wraps=attention._torch_attention
+        ) as spy:
+            layer(x)
+            self.assertEqual(spy.call_count, 1)
+            layer(x, key_mask=np.ones((2, 9), "int32"))
+            self.assertEqual(spy.call_count, 1)
 
 
 def _grads(fn, *args):
