@@ -74,3 +74,57 @@ def test_an_xla_that_refuses_the_option_gets_the_default_compilation(monkeypatch
         assert compiled_call.jax_compiler_options() is None
     finally:
         compiled_call.jax_compiler_options.cache_clear()
+
+
+# --- compiled_function: variable-free post-processing -------------------------
+
+
+class _Owner:
+    pass
+
+
+def _compiles_here():
+    return keras.config.backend() in ("jax", "tensorflow")
+
+
+def test_compiled_function_equals_the_plain_function(rng):
+    scores = rng.standard_normal((2, 4, 6, 5)).astype("float32")
+
+    def fn(s):
+        return ops.softmax(ops.image.resize(s, (8, 12), interpolation="bilinear"), axis=-1)
+
+    owner = _Owner()
+    got = compiled_call.compiled_function(owner, ("resize", 8, 12), fn, scores)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(got), ops.convert_to_numpy(fn(ops.convert_to_tensor(scores))),
+        atol=1e-6,
+    )
+    cached = owner.__dict__.get(compiled_call._CACHE_ATTRIBUTE, {})
+    assert list(cached) == ([("resize", 8, 12)] if _compiles_here() else [])
+
+
+def test_compiled_function_keeps_the_most_recently_used_entries(monkeypatch):
+    if not _compiles_here():
+        pytest.skip("torch runs the plain function and caches nothing")
+    monkeypatch.setattr(compiled_call, "FUNCTION_CACHE_SIZE", 2)
+    owner = _Owner()
+    x = np.ones((3,), "float32")
+    for key in ("a", "b", "a", "c"):
+        got = compiled_call.compiled_function(owner, key, lambda t, k=key: t * len(k), x)
+        np.testing.assert_allclose(ops.convert_to_numpy(got), x)
+    assert list(owner.__dict__[compiled_call._CACHE_ATTRIBUTE]) == ["a", "c"]
+
+
+def test_compiled_function_runs_plain_on_symbolic_inputs():
+    symbolic = keras.KerasTensor((2, 3))
+    out = compiled_call.compiled_function(_Owner(), "k", lambda t: t * 2, symbolic)
+    assert isinstance(out, keras.KerasTensor)
+
+
+def test_inference_scope_records_no_gradients():
+    variable = keras.Variable(np.ones((2,), "float32"))
+    with compiled_call.inference_scope():
+        out = variable * 3.0
+    if keras.config.backend() == "torch":
+        assert not out.requires_grad
+    np.testing.assert_allclose(ops.convert_to_numpy(out), [3.0, 3.0])

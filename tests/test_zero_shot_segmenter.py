@@ -231,3 +231,63 @@ def test_segment_rejects_a_non_rgb_image():
 def test_class_names_must_match_the_embeddings():
     with pytest.raises(ValueError, match="class names"):
         colour_segmenter().set_class_embeddings(np.eye(3), ["a", "b"])
+
+
+# --- The post-processing, against a plain numpy formulation ------------------
+
+
+def test_slide_probabilities_average_each_windows_softmax_where_windows_overlap(rng):
+    from keras_tipsv2.models.tipsv2_zero_shot_segmenter import slide_probabilities
+
+    size = (30, 50)
+    boxes = tuple(
+        (top, top + 20, left, left + 20) for top in (0, 10) for left in (0, 15, 30)
+    )
+    scores = rng.standard_normal((6, 5, 5, 3)).astype("float32") * 3
+    got = ops.convert_to_numpy(slide_probabilities(scores, boxes, size))
+    windows = ops.convert_to_numpy(
+        ops.image.resize(scores, (20, 20), interpolation="bilinear")
+    )
+    canvas = np.zeros(size + (3,))
+    counts = np.zeros(size + (1,))
+    for window, (top, bottom, left, right) in zip(windows, boxes):
+        e = np.exp(window - window.max(-1, keepdims=True))
+        canvas[top:bottom, left:right] += e / e.sum(-1, keepdims=True)
+        counts[top:bottom, left:right] += 1
+    assert counts.min() == 1 and counts.max() == 4
+    np.testing.assert_allclose(got, canvas / counts, atol=1e-5)
+
+
+def test_upsampling_to_the_same_size_is_the_identity(rng):
+    from keras_tipsv2.models.tipsv2_zero_shot_segmenter import upsampled_scores
+
+    scores = rng.standard_normal((6, 9, 4)).astype("float32")
+    resized = ops.image.resize(scores[None], (6, 9), interpolation="bilinear", antialias=False)
+    # The shortcut upsampled_scores takes is what the resize computes anyway.
+    np.testing.assert_allclose(ops.convert_to_numpy(resized)[0], scores, atol=1e-6)
+    np.testing.assert_array_equal(ops.convert_to_numpy(upsampled_scores(scores, (6, 9))), scores)
+
+
+def test_segment_and_class_embeddings_record_no_gradients(tiny_backbone, rng):
+    # On torch the backbone's weights require gradients; recording autograd's
+    # graph for maps that leave as numpy would only cost time and memory.
+    import keras
+
+    grad_enabled = []
+    encode_images = tiny_backbone.encode_images
+
+    def spy(*args, **kwargs):
+        if keras.config.backend() == "torch":
+            import torch
+
+            grad_enabled.append(torch.is_grad_enabled())
+        return encode_images(*args, **kwargs)
+
+    tiny_backbone.encode_images = spy
+    segmenter = TIPSv2ZeroShotSegmenter(tiny_backbone, short_side=None, window_size=28, window_stride=14)
+    segmenter.set_class_embeddings(rng.standard_normal((3, 32)))
+    result = segmenter.segment(rng.random((28, 42, 3)).astype("float32"))
+    assert result["labels"].shape == (28, 42)
+    if keras.config.backend() == "torch":
+        assert grad_enabled == [False]
+        assert not segmenter.class_embeddings.requires_grad

@@ -6,11 +6,13 @@ is many times slower than the same layer under `jax.jit`; the first eager
 call also compiles each op separately. Users call `encode_images` /
 `encode_text` directly, in loops, so the public calls compile themselves
 once per static configuration (the backend re-traces per input shape and
-keeps each trace).
+keeps each trace). `compiled_function` does the same for post-processing
+that reads no variables (the zero-shot segmenter's), and `inference_scope`
+turns off torch's gradient recording where results cannot need it.
 
 Outside training, backend-specific code lives only here, in
-`fused_dense.py` and in `attention.py`'s JAX/CPU attention choice, each
-because a measured speed-up demands it:
+`fused_dense.py` and in `attention.py` (the JAX/CPU attention choice, the
+copy-free torch kernel call), each because a measured speed-up demands it:
 - JAX: `jax.jit` of the call with the layer's variables as arguments,
   through a `StatelessScope` (the same mechanism `Layer.stateless_call`
   uses), so updated weights are always read. On CPU it is compiled with
@@ -24,11 +26,15 @@ TensorFlow graph, for symbolic inputs, or when training, the plain call
 runs, so gradients and train steps behave exactly as before.
 """
 
+import collections
+import contextlib
 import functools
 
 import keras
 
 _CACHE_ATTRIBUTE = "_tipsv2_compiled_calls"
+# Compiled functions kept per owner by `compiled_function`.
+FUNCTION_CACHE_SIZE = 16
 
 
 def can_compile(*tensors):
@@ -66,7 +72,53 @@ def compiled_call(layer, key, fn, *tensors):
     return cache[key](*tensors)
 
 
+def compiled_function(owner, key, fn, *tensors):
+    """Runs a function that reads no variables, compiled where it can be.
+
+    For the eager post-processing around the public calls (the segmenter's
+    per-window resize and softmax, the final upsample and argmax): on JAX
+    each of those ops dispatched alone from Python ran 4-5x slower than
+    the same op on TensorFlow (benchmarks/RESULTS.md). Falls back to the
+    plain call wherever `can_compile` says no.
+
+    Args:
+        owner: any object with a `__dict__`; the cache lives on it.
+        key: hashable; everything static that `fn` closes over.
+        fn: a pure function of `tensors`.
+        tensors: the tensor arguments, traced per shape.
+    """
+    if not can_compile(*tensors):
+        return fn(*tensors)
+    # Keys here can carry input geometry (one per image size in an
+    # evaluation), so the least recently used entries are dropped.
+    cache = owner.__dict__.setdefault(_CACHE_ATTRIBUTE, collections.OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = _compile(None, fn)
+        while len(cache) > FUNCTION_CACHE_SIZE:
+            cache.popitem(last=False)
+    return cache[key](*tensors)
+
+
+def inference_scope():
+    """A context in which the backend records nothing for gradients.
+
+    `torch.no_grad()` on torch, nothing elsewhere (JAX and TensorFlow
+    record only under `jax.grad` / a `GradientTape`). For calls whose
+    results leave as numpy or are kept as constants (the segmenter's maps,
+    class text embeddings): on torch, recording autograd's graph costs time
+    and keeps every activation alive as long as the result.
+    """
+    if keras.config.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
 def _compile(layer, fn):
+    """`fn` compiled the backend's way; `layer` (or None) owns what it reads."""
     backend = keras.config.backend()
     if backend == "jax":
         return _jax_function(layer, fn)
@@ -80,7 +132,7 @@ def _compile(layer, fn):
 def _jax_function(layer, fn):
     import jax
 
-    variables = list(layer.variables)
+    variables = [] if layer is None else list(layer.variables)
 
     @functools.partial(jax.jit, compiler_options=jax_compiler_options())
     def pure(values, tensors):

@@ -12,6 +12,7 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
+from keras_tipsv2.layers import compiled_call
 from keras_tipsv2.layers.functional import l2_normalize
 from keras_tipsv2.models import prompt_templates
 from keras_tipsv2.models.tipsv2_image_converter import short_side_size
@@ -86,9 +87,51 @@ def upsampled_scores(scores, size):
     """(h, w, C) class scores bilinearly resized (half-pixel) to `size`.
 
     The protocol's final step before the argmax, at the annotation size.
+    Scores already of that size are returned as they are: a half-pixel
+    bilinear resize to the same size samples every pixel at its own centre.
     """
     scores = ops.convert_to_tensor(scores, "float32")
+    if tuple(scores.shape[:2]) == tuple(size):
+        return scores
     return ops.image.resize(scores[None], size, interpolation="bilinear", antialias=False)[0]
+
+
+def labels_and_scores(scores, size):
+    """(labels (H, W) int32, scores (H, W, C)): `scores` upsampled to `size`
+    and their argmax, the protocol's last two steps."""
+    scores = upsampled_scores(scores, size)
+    return ops.cast(ops.argmax(scores, axis=-1), "int32"), scores
+
+
+def slide_probabilities(window_scores, boxes, size):
+    """(H, W, C) class probabilities averaged over sliding windows.
+
+    The TCL protocol's sliding-window step: each window's (h, w, C) patch
+    scores are resized bilinearly to the window, softmaxed over the classes
+    and placed at the window's box; every pixel is divided by the number of
+    windows covering it.
+
+    Args:
+        window_scores: (n, h, w, C), one row per window, in `boxes` order.
+        boxes: n (top, bottom, left, right) windows, all of one size.
+        size: (H, W) of the image the boxes tile.
+    """
+    height, width = size
+    top, bottom, left, right = boxes[0]
+    window = (bottom - top, right - left)
+    scores = ops.image.resize(window_scores, window, interpolation="bilinear")
+    probabilities = ops.softmax(scores, axis=-1)
+    # A sum of zero-padded windows rather than in-place slice updates: one
+    # fused loop under XLA, and no canvas copy per window in eager JAX.
+    canvas = None
+    counts = np.zeros((height, width, 1), "float32")
+    for i, (top, bottom, left, right) in enumerate(boxes):
+        placed = ops.pad(
+            probabilities[i], ((top, height - bottom), (left, width - right), (0, 0))
+        )
+        canvas = placed if canvas is None else canvas + placed
+        counts[top:bottom, left:right] += 1.0
+    return canvas / ops.convert_to_tensor(counts)
 
 
 class TIPSv2ZeroShotSegmenter:
@@ -191,9 +234,10 @@ class TIPSv2ZeroShotSegmenter:
                     f"templates must be 'tcl', 'imagenet' or a list; got {templates!r}."
                 )
             templates = named[templates]
-        embeddings = prompt_templates.class_text_embeddings(
-            self.backbone, self.tokenizer, list(class_names), list(templates)
-        )
+        with compiled_call.inference_scope():
+            embeddings = prompt_templates.class_text_embeddings(
+                self.backbone, self.tokenizer, list(class_names), list(templates)
+            )
         self.set_class_embeddings(embeddings, class_names, background_threshold)
 
     def set_class_embeddings(
@@ -218,7 +262,8 @@ class TIPSv2ZeroShotSegmenter:
             raise ValueError(
                 f"Got {len(class_names)} class names for {num_classes} embeddings."
             )
-        self.class_embeddings = l2_normalize(embeddings)
+        with compiled_call.inference_scope():
+            self.class_embeddings = l2_normalize(embeddings)
         self.class_names = list(class_names)
         self.background_threshold = background_threshold
 
@@ -251,16 +296,37 @@ class TIPSv2ZeroShotSegmenter:
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("RGB"))
         original_size = np.asarray(image).shape[:2]
-        prepared = self._prepared_image(image)
-        if mode == "slide":
-            scores = self._slide_scores(prepared, values_trick)
-        else:
-            scores = self._whole_scores(prepared, values_trick)
-        scores = upsampled_scores(scores, tuple(output_size or original_size))
+        size = tuple(int(n) for n in (output_size or original_size))
+        with compiled_call.inference_scope():
+            labels, scores = self._labels_and_scores(image, mode, values_trick, size)
         return {
-            "labels": ops.convert_to_numpy(ops.argmax(scores, axis=-1)).astype("int32"),
+            "labels": ops.convert_to_numpy(labels).astype("int32"),
             "scores": ops.convert_to_numpy(scores).astype("float32"),
         }
+
+    def _labels_and_scores(self, image, mode, values_trick, size):
+        """(labels, scores) tensors of `segment`, at `size`."""
+        prepared = self._prepared_image(image)
+        if mode == "slide":
+            boxes = self._windows(*prepared.shape[:2])
+            scores = self._window_scores(prepared, boxes, values_trick)
+            geometry = (boxes, prepared.shape[:2], size)
+
+            def finish(s):
+                return labels_and_scores(slide_probabilities(s, boxes, prepared.shape[:2]), size)
+
+        else:
+            scores = self._whole_scores(prepared, values_trick)
+            geometry = (tuple(scores.shape), size)
+
+            def finish(s):
+                return labels_and_scores(s, size)
+
+        # Everything after the backbone passes runs as one compiled function
+        # per image geometry (benchmarks/RESULTS.md: on JAX these ops,
+        # dispatched one by one at image resolution, took longer than on
+        # TensorFlow by a second per image).
+        return compiled_call.compiled_function(self, (mode, geometry), finish, scores)
 
     def _prepared_image(self, image):
         """Float (H', W', 3) with the short side resized as the protocol says."""
@@ -299,35 +365,25 @@ class TIPSv2ZeroShotSegmenter:
         """Raw cosines at patch resolution from one pass over the image."""
         return self._patch_scores(ops.convert_to_tensor(image)[None], values_trick)[0]
 
-    def _slide_scores(self, image, values_trick):
-        """Class probabilities at image resolution, averaged over windows."""
-        height, width = image.shape[:2]
-        boxes = [
+    def _windows(self, height, width):
+        """The sliding windows tiling an image, as (top, bottom, left, right)."""
+        return tuple(
             (top, bottom, left, right)
             for top, bottom in sliding_windows(height, self.window_size, self.window_stride)
             for left, right in sliding_windows(width, self.window_size, self.window_stride)
-        ]
-        # Every window has the same shape (the window clipped to the image),
-        # so they can share backbone passes.
+        )
+
+    def _window_scores(self, image, boxes, values_trick):
+        """(n, h, w, C) patch scores of every window, `batch_size` per pass.
+
+        Every window has the same shape (the window clipped to the image), so
+        they can share backbone passes.
+        """
         crops = np.stack([image[t:b, l:r] for t, b, l, r in boxes])
-        window = crops.shape[1:3]
-        canvas = None
-        counts = np.zeros((height, width, 1), "float32")
-        for first in range(0, len(boxes), self.batch_size):
-            scores = self._patch_scores(
-                ops.convert_to_tensor(crops[first : first + self.batch_size]),
-                values_trick,
+        scores = [
+            self._patch_scores(
+                ops.convert_to_tensor(crops[first : first + self.batch_size]), values_trick
             )
-            scores = ops.image.resize(scores, window, interpolation="bilinear")
-            probabilities = ops.softmax(scores, axis=-1)
-            if canvas is None:
-                canvas = ops.zeros((height, width, scores.shape[-1]), "float32")
-            for offset, (top, bottom, left, right) in enumerate(
-                boxes[first : first + self.batch_size]
-            ):
-                start = (top, left, 0)
-                shape = (bottom - top, right - left, scores.shape[-1])
-                accumulated = ops.slice(canvas, start, shape) + probabilities[offset]
-                canvas = ops.slice_update(canvas, start, accumulated)
-                counts[top:bottom, left:right] += 1.0
-        return canvas / ops.convert_to_tensor(counts)
+            for first in range(0, len(boxes), self.batch_size)
+        ]
+        return scores[0] if len(scores) == 1 else ops.concatenate(scores, axis=0)
