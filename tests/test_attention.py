@@ -109,7 +109,24 @@ class TorchAttentionTest(TestCase):
         self.assertEqual(keras.backend.standardize_dtype(got.dtype), "bfloat16")
         self.assertAllClose(ops.cast(got, "float32"), ops.cast(expected, "float32"), atol=2e-2, rtol=2e-2)
 
-    def test_the_layer_calls_it_unless_keys_are_masked(self):
+    def test_a_key_mask_matches_softmax_over_the_real_keys(self):
+        q, k, v = _qkv(seed=8)
+        mask = np.array([[1, 1, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0]], "int32")
+        got = ops.convert_to_numpy(attention._torch_attention(q, k, v, 8**-0.5, mask))
+        qn, kn, vn = (ops.convert_to_numpy(t).astype("float64") for t in (q, k, v))
+        logits = np.einsum("bqhd,bkhd->bhqk", qn * 8**-0.5, kn)
+        logits = np.where(mask[:, None, None, :] > 0, logits, -np.inf)
+        # The second example has no real key: it attends uniformly (finite)
+        # instead of the NaN a boolean mask would give.
+        logits[1] = 0.0
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        expected = np.einsum("bhqk,bkhd->bqhd", weights, vn)
+        self.assertTrue(np.isfinite(got).all())
+        # float64 reference; logits reach ~100 here, so float32 rounds at 1e-5.
+        self.assertAllClose(got, expected, atol=1e-4, rtol=1e-4)
+
+    def test_the_layer_calls_it_with_and_without_a_key_mask(self):
         layer = attention.TIPSv2Attention(24, 3)
         x = ops.convert_to_tensor(
             np.random.default_rng(7).standard_normal((2, 9, 24)).astype("float32")
@@ -118,9 +135,8 @@ class TorchAttentionTest(TestCase):
             attention, "_torch_attention", wraps=attention._torch_attention
         ) as spy:
             layer(x)
-            self.assertEqual(spy.call_count, 1)
             layer(x, key_mask=np.ones((2, 9), "int32"))
-            self.assertEqual(spy.call_count, 1)
+            self.assertEqual(spy.call_count, 2)
 
 
 def _grads(fn, *args):

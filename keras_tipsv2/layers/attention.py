@@ -62,7 +62,9 @@ class TIPSv2Attention(keras.layers.Layer):
             return self.proj(v)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         scale = self.head_dim**-0.5
-        if key_mask is not None:
+        if keras.config.backend() == "torch":
+            out = _torch_attention(q, k, v, scale, key_mask)
+        elif key_mask is not None:
             logits = ops.einsum("bqhd,bkhd->bhqk", q * scale, k)
             allowed = ops.cast(key_mask, "bool")[:, None, None, :]
             logits = ops.where(
@@ -75,8 +77,6 @@ class TIPSv2Attention(keras.layers.Layer):
             and keras.backend.standardize_dtype(q.dtype) == "float32"
         ):
             out = _explicit_attention(q, k, v, scale)
-        elif keras.config.backend() == "torch":
-            out = _torch_attention(q, k, v, scale)
         else:
             # Let the backend pick its fused kernel (flash attention on
             # GPU/TPU, TensorFlow's fused CPU kernels).
@@ -134,7 +134,7 @@ def _explicit_attention(q, k, v, scale):
     return out / row_sums[..., None]
 
 
-def _torch_attention(q, k, v, scale):
+def _torch_attention(q, k, v, scale, key_mask=None):
     """torch's fused attention on (B, N, H, hd) views, without copies.
 
     `ops.dot_product_attention` on torch copies q, k and v into contiguous
@@ -145,11 +145,30 @@ def _torch_attention(q, k, v, scale):
     1,025, the tower's whole attention 0.22 -> 0.17 s at 224 px
     (benchmarks/RESULTS.md). Outputs are bit-identical. On GPU torch picks
     its flash or memory-efficient kernel from the same call.
+
+    A key mask becomes an additive (B, 1, 1, N) bias of the dtype's most
+    negative logit (a boolean mask gives NaN for an example without a real
+    key). The other path replaces masked logits by that value instead of
+    adding it; the two agree exactly where a row has a real key, and for an
+    example with none the query is zeroed, so its logits are all equal and
+    it attends uniformly, as there.
     """
     import torch
 
+    bias = None
+    if key_mask is not None:
+        allowed = ops.cast(key_mask, "bool")
+        has_keys = ops.any(allowed, axis=-1)[:, None, None, None]
+        q = ops.where(has_keys, q, ops.zeros((), q.dtype))
+        bias = ops.where(
+            allowed[:, None, None, :],
+            ops.zeros((), q.dtype),
+            ops.full((), _most_negative(q.dtype), q.dtype),
+        )
     q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, scale=scale
+    )
     return ops.transpose(out, (0, 2, 1, 3))
 
 
