@@ -113,21 +113,23 @@ def slide_probabilities(window_scores, boxes, size):
 
     Args:
         window_scores: (n, h, w, C), one row per window, in `boxes` order.
-        boxes: n (top, bottom, left, right) windows, all of one size.
+        boxes: n (top, bottom, left, right) windows.
         size: (H, W) of the image the boxes tile.
     """
     height, width = size
-    top, bottom, left, right = boxes[0]
-    window = (bottom - top, right - left)
-    scores = ops.image.resize(window_scores, window, interpolation="bilinear")
-    probabilities = ops.softmax(scores, axis=-1)
     # A sum of zero-padded windows rather than in-place slice updates: one
-    # fused loop under XLA, and no canvas copy per window in eager JAX.
+    # fused loop under XLA, and no canvas copy per window in eager JAX. One
+    # window at a time, so that at most one window's probabilities exist
+    # at image resolution outside XLA.
     canvas = None
     counts = np.zeros((height, width, 1), "float32")
     for i, (top, bottom, left, right) in enumerate(boxes):
+        scores = ops.image.resize(
+            window_scores[i : i + 1], (bottom - top, right - left), interpolation="bilinear"
+        )
+        probabilities = ops.softmax(scores[0], axis=-1)
         placed = ops.pad(
-            probabilities[i], ((top, height - bottom), (left, width - right), (0, 0))
+            probabilities, ((top, height - bottom), (left, width - right), (0, 0))
         )
         canvas = placed if canvas is None else canvas + placed
         counts[top:bottom, left:right] += 1.0
