@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
 from keras_tipsv2.layers.drop_path import DropPath
+from keras_tipsv2.layers.functional import gelu
 from keras_tipsv2.layers.fused_dense import FusedBiasDense
 
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
@@ -70,7 +71,7 @@ class TIPSv2VisionMLP(keras.layers.Layer):
             gate, value = ops.split(x, 2, axis=-1)
             x = ops.silu(gate) * value
         else:
-            x = ops.gelu(x, approximate=self.activation == "gelu_tanh")
+            x = gelu(x, approximate=self.activation == "gelu_tanh")
         return self.fc2(x)
 
     def compute_output_shape(self, input_shape):
