@@ -67,10 +67,7 @@ def compiled_call(layer, key, fn, *tensors):
         fn: a pure function of `tensors` (None entries allowed).
         tensors: the tensor arguments, traced per shape.
     """
-    cache = layer.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
-    if key not in cache:
-        cache[key] = _compile(layer, fn)
-    return cache[key](*tensors)
+    return _cached(layer, key, lambda: _compile(layer, fn))(*tensors)
 
 
 def compiled_function(owner, key, fn, *tensors):
@@ -93,14 +90,22 @@ def compiled_function(owner, key, fn, *tensors):
         return fn(*tensors)
     # Keys here can carry input geometry (one per image size in an
     # evaluation), so the least recently used entries are dropped.
+    compiled = _cached(owner, key, lambda: _compile(None, fn), FUNCTION_CACHE_SIZE)
+    return compiled(*tensors)
+
+
+def _cached(owner, key, compile_fn, limit=None):
+    """The compiled function cached on `owner` under `key`, compiling it
+    with `compile_fn()` on a miss; beyond `limit` entries the least
+    recently used one is dropped."""
     cache = owner.__dict__.setdefault(_CACHE_ATTRIBUTE, collections.OrderedDict())
     if key in cache:
         cache.move_to_end(key)
     else:
-        cache[key] = _compile(None, fn)
-        while len(cache) > FUNCTION_CACHE_SIZE:
+        cache[key] = compile_fn()
+        while limit is not None and len(cache) > limit:
             cache.popitem(last=False)
-    return cache[key](*tensors)
+    return cache[key]
 
 
 def inference_scope():
