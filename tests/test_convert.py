@@ -156,9 +156,13 @@ def test_conversion_reads_one_tensor_at_a_time(tmp_path):
 
     tracemalloc.start()
     load_checkpoint(backbone, checkpoint)
-    _, peak = tracemalloc.get_traced_memory()
+    kept, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 4 * largest + 1_000_000 < checkpoint_bytes * 10
+    # What is still allocated afterwards belongs to the model: on TensorFlow,
+    # after this file's other tests, its variables kept 1.5-1.9 MB of the
+    # buffers they were assigned from (all freed with the model). The
+    # conversion's own overhead is the rise above that.
+    assert peak - kept < 4 * largest + 1_000_000 < checkpoint_bytes * 10
     assert peak < checkpoint_bytes
 
 
