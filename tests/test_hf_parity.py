@@ -79,13 +79,16 @@ def test_functional_call_matches_encoders(pair):
     ids, mask = _text_inputs(rng)
     out = backbone({"images": images[:1], "token_ids": ids[:1], "padding_mask": mask[:1]})
     enc = backbone.encode_images(images[:1])
+    # The same math, compiled differently (the public calls are one jit /
+    # tf.function, the functional call runs op by op): float32 rounding
+    # only. On a Zen 3 CPU, JAX's two paths differ by 1.1e-6 in one value.
     np.testing.assert_allclose(
-        ops.convert_to_numpy(out["vision_patch_tokens"]), ops.convert_to_numpy(enc["patch_tokens"]), atol=1e-6
+        ops.convert_to_numpy(out["vision_patch_tokens"]), ops.convert_to_numpy(enc["patch_tokens"]), atol=1e-5
     )
     np.testing.assert_allclose(
         ops.convert_to_numpy(out["text_embeddings"]),
         ops.convert_to_numpy(backbone.encode_text(ids[:1], mask[:1])),
-        atol=1e-6,
+        atol=1e-5,
     )
 
 
