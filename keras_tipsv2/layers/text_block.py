@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
 from keras_tipsv2.layers.fused_dense import FusedBiasDense
+from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
@@ -31,13 +32,13 @@ class TIPSv2TextBlock(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = layer_norm_epsilon
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
+        self.norm1 = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
         )
         self.attention = TIPSv2Attention(
             hidden_dim, num_heads, dtype=policy, name="attention"
         )
-        self.norm2 = keras.layers.LayerNormalization(
+        self.norm2 = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
         )
         self.fc1 = FusedBiasDense(

@@ -5,6 +5,7 @@ from keras_tipsv2.layers.attention import TIPSv2Attention
 from keras_tipsv2.layers.drop_path import DropPath
 from keras_tipsv2.layers.functional import gelu
 from keras_tipsv2.layers.fused_dense import FusedBiasDense
+from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
 
@@ -135,13 +136,13 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
+        self.norm1 = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
         )
         self.attention = TIPSv2Attention(
             hidden_dim, num_heads, dtype=policy, name="attention"
         )
-        self.norm2 = keras.layers.LayerNormalization(
+        self.norm2 = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
         )
         self.mlp = TIPSv2VisionMLP(

@@ -1,5 +1,6 @@
 import keras
 
+from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 from keras_tipsv2.layers.text_block import MaskedMeanPooling, TIPSv2TextBlock
 from keras_tipsv2.layers.text_embedding import TIPSv2TextEmbedding
 
@@ -54,7 +55,7 @@ class TIPSv2TextEncoder(keras.layers.Layer):
             )
             for i in range(num_layers)
         ]
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm"
         )
         self.pooling = MaskedMeanPooling(dtype=policy, name="pooling")

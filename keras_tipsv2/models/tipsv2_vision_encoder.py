@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 from keras_tipsv2.layers.vision_block import TIPSv2VisionBlock
 from keras_tipsv2.layers.vision_embedding import TIPSv2VisionEmbedding
 
@@ -88,7 +89,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
             )
             for i in range(num_layers)
         ]
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm"
         )
 
