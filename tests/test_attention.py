@@ -158,3 +158,96 @@ def _grads(fn, *args):
     leaves = [a.detach().clone().requires_grad_(True) for a in args]
     fn(*leaves).backward()
     return [leaf.grad.cpu().numpy() for leaf in leaves]
+
+
+class PerHeadAttentionTest(TestCase):
+    """One (batch, head) pair at a time: TensorFlow's CPU path, with its
+    written-out backward; the plain function is checked on every backend."""
+
+    def test_matches_the_backend_kernel(self):
+        q, k, v = _qkv(seed=8, tokens=11)
+        expected = ops.dot_product_attention(q, k, v, scale=8**-0.5)
+        got = attention._attention_per_head(q, k, v, 8**-0.5)
+        self.assertAllClose(got, expected, atol=1e-5, rtol=1e-5)
+
+    def test_written_out_gradients_equal_autodiff_of_the_backend_kernel(self):
+        q, k, v = _qkv(seed=9, tokens=11)
+        d_out = ops.convert_to_tensor(
+            np.random.default_rng(10).standard_normal((2, 11, 3, 8)).astype("float32")
+        )
+        fused = lambda a, b, c: ops.sum(  # noqa: E731
+            ops.dot_product_attention(a, b, c, scale=8**-0.5) * d_out
+        )
+        got = attention._attention_per_head_grads(q, k, v, d_out, 8**-0.5)
+        for g, expected in zip(got, _grads(fused, q, k, v)):
+            self.assertAllClose(g, expected, atol=1e-4, rtol=1e-4)
+
+    def test_only_tensorflow_on_cpu_takes_it(self):
+        expected = keras.config.backend() == "tensorflow" and all(
+            d.lower().startswith("cpu") for d in keras.distribution.list_devices()
+        )
+        self.assertEqual(attention.per_head_attention_is_faster(), expected)
+
+
+@pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="TensorFlow's XLA kernels")
+class TensorFlowPerHeadAttentionTest(TestCase):
+    def _gradient_run(self, fn, q, k, v, d_out):
+        import tensorflow as tf
+
+        # Inside a graph, as a train step runs it: the compiled loop must
+        # not be differentiated from outside XLA.
+        @tf.function
+        def run(q, k, v):
+            with tf.GradientTape() as tape:
+                tape.watch([q, k, v])
+                out = fn(q, k, v)
+                value = tf.reduce_sum(tf.cast(out, "float32") * d_out)
+            return [out] + tape.gradient(value, [q, k, v])
+
+        return [ops.convert_to_numpy(ops.cast(t, "float32")) for t in run(q, k, v)]
+
+    def _inputs(self, scale):
+        q, k, v = (t * scale for t in _qkv(seed=11, tokens=13))
+        d_out = ops.convert_to_tensor(
+            np.random.default_rng(12).standard_normal((2, 13, 3, 8)).astype("float32")
+        )
+        return q, k, v, d_out
+
+    def test_values_and_gradients_in_a_graph_float32(self):
+        q, k, v, d_out = self._inputs(1.0)
+        fused = lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5)  # noqa: E731
+        got = self._gradient_run(attention._xla_attention_per_head(8**-0.5), q, k, v, d_out)
+        expected = self._gradient_run(fused, q, k, v, d_out)
+        for g, e in zip(got, expected):
+            self.assertAllClose(g, e, atol=1e-4, rtol=1e-4)
+
+    def test_values_and_gradients_in_a_graph_bfloat16(self):
+        # Against float32 on the same bfloat16-rounded inputs: no more than
+        # twice the error of Keras's own bfloat16 kernel, output and every
+        # gradient (both round the softmax weights to bfloat16).
+        q, k, v, d_out = self._inputs(1 / 6)
+        q, k, v = (ops.cast(t, "bfloat16") for t in (q, k, v))
+        fused = lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5)  # noqa: E731
+        truth = self._gradient_run(fused, *(ops.cast(t, "float32") for t in (q, k, v)), d_out)
+        got = self._gradient_run(attention._xla_attention_per_head(8**-0.5), q, k, v, d_out)
+        keras_bf16 = self._gradient_run(fused, q, k, v, d_out)
+        for g, e, t in zip(got, keras_bf16, truth):
+            self.assertLessEqual(np.abs(g - t).max(), 2 * np.abs(e - t).max() + 1e-3)
+        out = attention._xla_attention_per_head(8**-0.5)(q, k, v)
+        self.assertEqual(keras.backend.standardize_dtype(out.dtype), "bfloat16")
+
+    def test_the_layer_calls_it_and_trains_through_it(self):
+        layer = attention.TIPSv2Attention(24, 3)
+        x = np.random.default_rng(13).standard_normal((2, 9, 24)).astype("float32")
+        with mock.patch.object(
+            attention, "_xla_attention_per_head", wraps=attention._xla_attention_per_head
+        ) as spy:
+            out = layer(x)
+            self.assertEqual(spy.call_count, 1)
+        with mock.patch.object(attention, "per_head_attention_is_faster", return_value=False):
+            expected = layer(x)
+        self.assertAllClose(out, expected, atol=1e-5, rtol=1e-5)
+        model = keras.Sequential([keras.Input((9, 24)), layer])
+        model.compile(optimizer="sgd", loss="mse", jit_compile=False)
+        history = model.fit(x, np.zeros_like(x), epochs=2, verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"]).all())

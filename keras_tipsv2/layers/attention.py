@@ -72,6 +72,8 @@ class TIPSv2Attention(keras.layers.Layer):
             )
             weights = ops.softmax(logits, axis=-1)
             out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+        elif per_head_attention_is_faster() and not isinstance(q, keras.KerasTensor):
+            out = _xla_attention_per_head(scale)(q, k, v)
         elif (
             explicit_attention_is_faster()
             and keras.backend.standardize_dtype(q.dtype) == "float32"
@@ -95,6 +97,58 @@ class TIPSv2Attention(keras.layers.Layer):
 
 
 @functools.cache
+def per_head_attention_is_faster():
+    """Whether unmasked attention should run `_attention_per_head` under XLA.
+
+    True for TensorFlow on CPU only. `ops.dot_product_attention` there runs
+    the whole batch's logits, softmax and weights through memory as
+    separate graph ops; one (batch, head) pair at a time under XLA keeps
+    each pair's logits in cache. Measured on two Zen 3 cores (B/14, batch
+    8, float32; benchmarks/RESULTS.md), the attention alone per layer: 718-
+    808 -> 383-399 ms at 1,025 tokens (torch's fused kernel: 235-262 ms);
+    the image tower, interleaved, 3.58 -> 3.19 s at 224 px, and 20.8 ->
+    17.0 s at 448 px together with `TIPSv2LayerNorm`'s XLA kernel. The same
+    function on JAX ran 456 vs 624 ms alone but was no faster inside the
+    jitted tower (2.97 vs 2.94 s at 224 px, 14.5 vs 14.8 s at 448), so JAX
+    keeps `_explicit_attention`. GPUs keep the backends' own kernels (not
+    measured here). Decided once per process from the backend's devices.
+    """
+    return keras.config.backend() == "tensorflow" and _cpu_only()
+
+
+@functools.cache
+def _xla_attention_per_head(scale):
+    """`_attention_per_head` as XLA kernels for TensorFlow, forward and backward.
+
+    The backward is written out (`_attention_per_head_grads`) because
+    TensorFlow cannot differentiate a compiled loop from outside XLA ("Support
+    for TensorList crossing the XLA/TF boundary is not implemented"), and
+    because it keeps the same per-pair locality: nothing but q, k and v is
+    saved for it, the weights are recomputed pair by pair.
+    """
+    import tensorflow as tf
+
+    forward = tf.function(
+        lambda q, k, v: _attention_per_head(q, k, v, scale), jit_compile=True
+    )
+    backward = tf.function(
+        lambda q, k, v, d_out: _attention_per_head_grads(q, k, v, d_out, scale),
+        jit_compile=True,
+    )
+
+    @tf.custom_gradient
+    def attend(q, k, v):
+        return forward(q, k, v), lambda d_out: backward(q, k, v, d_out)
+
+    return attend
+
+
+def _cpu_only():
+    devices = keras.distribution.list_devices()
+    return bool(devices) and all(d.lower().startswith("cpu") for d in devices)
+
+
+@functools.cache
 def explicit_attention_is_faster():
     """Whether unmasked attention should skip `ops.dot_product_attention`.
 
@@ -112,10 +166,70 @@ def explicit_attention_is_faster():
     Only float32 takes this path: the backend kernels keep a float32
     softmax for half-precision inputs.
     """
-    if keras.config.backend() != "jax":
-        return False
-    devices = keras.distribution.list_devices()
-    return bool(devices) and all(d.lower().startswith("cpu") for d in devices)
+    return keras.config.backend() == "jax" and _cpu_only()
+
+
+def _attention_per_head(q, k, v, scale):
+    """softmax(q k^T * scale) v on (B, N, H, hd), one (batch, head) at a time.
+
+    Each pair's (N, N) logits stay in cache through the softmax and the PV
+    matmul (4 MB at 1,025 tokens) where the whole batch's (B, H, N, N) do
+    not (400 MB at batch 8). Logits and softmax in float32 for
+    half-precision inputs, the weights rounded back before the PV matmul,
+    as in `ops.dot_product_attention`.
+    """
+    batch, length, heads, head_dim = ops.shape(q)
+
+    def heads_first(x):
+        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, length, head_dim))
+
+    def attend(qkv):
+        qi, ki, vi = qkv
+        logits = ops.cast(ops.matmul(qi, ops.transpose(ki)), "float32") * scale
+        weights = ops.cast(ops.softmax(logits, axis=-1), vi.dtype)
+        return ops.matmul(weights, vi)
+
+    out = ops.map(attend, (heads_first(q), heads_first(k), heads_first(v)))
+    out = ops.reshape(out, (batch, heads, length, head_dim))
+    return ops.transpose(out, (0, 2, 1, 3))
+
+
+def _attention_per_head_grads(q, k, v, d_out, scale):
+    """Gradients of `_attention_per_head` w.r.t. q, k and v, pair by pair.
+
+    With P = softmax(s q k^T) and O = P v: dV = P^T dO, dP = dO v^T,
+    dS = P * (dP - rowsum(dP * P)), dQ = s dS k, dK = s dS^T q. P and dS in
+    float32, rounded to the inputs' dtype before their matmuls, as the
+    forward rounds P.
+    """
+    batch, length, heads, head_dim = ops.shape(q)
+
+    def heads_first(x):
+        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, length, head_dim))
+
+    def grads(tensors):
+        qi, ki, vi, gi = tensors
+        logits = ops.cast(ops.matmul(qi, ops.transpose(ki)), "float32") * scale
+        weights = ops.softmax(logits, axis=-1)
+        d_v = ops.matmul(ops.transpose(ops.cast(weights, vi.dtype)), gi)
+        d_weights = ops.cast(ops.matmul(gi, ops.transpose(vi)), "float32")
+        d_logits = weights * (
+            d_weights - ops.sum(d_weights * weights, axis=-1, keepdims=True)
+        )
+        d_logits = ops.cast(d_logits * scale, qi.dtype)
+        return (
+            ops.matmul(d_logits, ki),
+            ops.matmul(ops.transpose(d_logits), qi),
+            d_v,
+        )
+
+    d_q, d_k, d_v = ops.map(grads, tuple(heads_first(t) for t in (q, k, v, d_out)))
+
+    def back(x):
+        x = ops.reshape(x, (batch, heads, length, head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    return back(d_q), back(d_k), back(d_v)
 
 
 def _explicit_attention(q, k, v, scale):

@@ -12,8 +12,10 @@ turns off torch's gradient recording where results cannot need it.
 
 Outside training, backend-specific code lives only here, in
 `fused_dense.py`, in `attention.py` (the JAX/CPU attention choice, the
-copy-free torch kernel call) and in `functional.gelu` (XLA-compiled on
-TensorFlow), each because a measured speed-up demands it:
+copy-free torch kernel call, TensorFlow/CPU's per-head XLA attention), in
+`layer_norm.py` (XLA on TensorFlow, torch's kernel without casts) and in
+`functional.gelu` (XLA-compiled on TensorFlow), each because a measured
+speed-up demands it:
 - JAX: `jax.jit` of the call with the layer's variables as arguments,
   through a `StatelessScope` (the same mechanism `Layer.stateless_call`
   uses), so updated weights are always read. On CPU it is compiled with
