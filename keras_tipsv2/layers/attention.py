@@ -178,20 +178,13 @@ def _attention_per_head(q, k, v, scale):
     half-precision inputs, the weights rounded back before the PV matmul,
     as in `ops.dot_product_attention`.
     """
-    batch, length, heads, head_dim = ops.shape(q)
-
-    def heads_first(x):
-        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, length, head_dim))
 
     def attend(qkv):
         qi, ki, vi = qkv
-        logits = ops.cast(ops.matmul(qi, ops.transpose(ki)), "float32") * scale
-        weights = ops.cast(ops.softmax(logits, axis=-1), vi.dtype)
-        return ops.matmul(weights, vi)
+        return ops.matmul(ops.cast(_pair_weights(qi, ki, scale), vi.dtype), vi)
 
-    out = ops.map(attend, (heads_first(q), heads_first(k), heads_first(v)))
-    out = ops.reshape(out, (batch, heads, length, head_dim))
-    return ops.transpose(out, (0, 2, 1, 3))
+    out = ops.map(attend, tuple(_pairs(t) for t in (q, k, v)))
+    return _unpaired(out, q)
 
 
 def _attention_per_head_grads(q, k, v, d_out, scale):
@@ -202,15 +195,10 @@ def _attention_per_head_grads(q, k, v, d_out, scale):
     float32, rounded to the inputs' dtype before their matmuls, as the
     forward rounds P.
     """
-    batch, length, heads, head_dim = ops.shape(q)
-
-    def heads_first(x):
-        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, length, head_dim))
 
     def grads(tensors):
         qi, ki, vi, gi = tensors
-        logits = ops.cast(ops.matmul(qi, ops.transpose(ki)), "float32") * scale
-        weights = ops.softmax(logits, axis=-1)
+        weights = _pair_weights(qi, ki, scale)
         d_v = ops.matmul(ops.transpose(ops.cast(weights, vi.dtype)), gi)
         d_weights = ops.cast(ops.matmul(gi, ops.transpose(vi)), "float32")
         d_logits = weights * (
@@ -223,13 +211,27 @@ def _attention_per_head_grads(q, k, v, d_out, scale):
             d_v,
         )
 
-    d_q, d_k, d_v = ops.map(grads, tuple(heads_first(t) for t in (q, k, v, d_out)))
+    d_q, d_k, d_v = ops.map(grads, tuple(_pairs(t) for t in (q, k, v, d_out)))
+    return _unpaired(d_q, q), _unpaired(d_k, q), _unpaired(d_v, q)
 
-    def back(x):
-        x = ops.reshape(x, (batch, heads, length, head_dim))
-        return ops.transpose(x, (0, 2, 1, 3))
 
-    return back(d_q), back(d_k), back(d_v)
+def _pairs(x):
+    """(B, N, H, hd) -> (B * H, N, hd), one row per (batch, head) pair."""
+    _, length, _, head_dim = ops.shape(x)
+    return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, length, head_dim))
+
+
+def _unpaired(x, like):
+    """The inverse of `_pairs`, back to the (B, N, H, hd) shape of `like`."""
+    batch, length, heads, head_dim = ops.shape(like)
+    x = ops.reshape(x, (batch, heads, length, head_dim))
+    return ops.transpose(x, (0, 2, 1, 3))
+
+
+def _pair_weights(qi, ki, scale):
+    """Float32 softmax(s q k^T) of one (batch, head) pair's (N, hd) q and k."""
+    logits = ops.cast(ops.matmul(qi, ops.transpose(ki)), "float32") * scale
+    return ops.softmax(logits, axis=-1)
 
 
 def _explicit_attention(q, k, v, scale):
