@@ -182,6 +182,33 @@ class PerHeadAttentionTest(TestCase):
         for g, expected in zip(got, _grads(fused, q, k, v)):
             self.assertAllClose(g, expected, atol=1e-4, rtol=1e-4)
 
+    def test_one_pair_per_step_gives_the_same_values_and_gradients(self):
+        q, k, v = _qkv(seed=14, tokens=11)
+        d_out = ops.convert_to_tensor(
+            np.random.default_rng(15).standard_normal((2, 11, 3, 8)).astype("float32")
+        )
+        grouped = attention._attention_per_head(q, k, v, 8**-0.5)
+        grouped_grads = attention._attention_per_head_grads(q, k, v, d_out, 8**-0.5)
+        with mock.patch.object(attention, "_STEP_LOGITS", 1):
+            self.assertEqual(attention._group_size(q), 1)
+            single = attention._attention_per_head(q, k, v, 8**-0.5)
+            single_grads = attention._attention_per_head_grads(q, k, v, d_out, 8**-0.5)
+        self.assertAllClose(grouped, single, atol=1e-4, rtol=1e-4)
+        for g, s in zip(grouped_grads, single_grads):
+            self.assertAllClose(g, s, atol=1e-4, rtol=1e-4)
+
+    def test_a_step_holds_whole_divisors_of_the_heads_within_its_logit_budget(self):
+        def group(tokens, heads):
+            return attention._group_size(ops.zeros((1, tokens, heads, 1)))
+
+        # B/14 at 448 px: two pairs of 1,025 x 1,025 logits; at 224 px all
+        # twelve heads of an example (257 x 257 each).
+        self.assertEqual(group(1025, 12), 2)
+        self.assertEqual(group(257, 12), 12)
+        self.assertEqual(group(16, 7), 7)
+        # Over budget with a single pair still takes one pair per step.
+        self.assertEqual(group(4097, 12), 1)
+
     def test_only_tensorflow_on_cpu_takes_it(self):
         expected = keras.config.backend() == "tensorflow" and all(
             d.lower().startswith("cpu") for d in keras.distribution.list_devices()
@@ -235,6 +262,29 @@ class TensorFlowPerHeadAttentionTest(TestCase):
             self.assertLessEqual(np.abs(g - t).max(), 2 * np.abs(e - t).max() + 1e-3)
         out = attention._xla_attention_per_head(8**-0.5)(q, k, v)
         self.assertEqual(keras.backend.standardize_dtype(out.dtype), "bfloat16")
+
+    def test_uneven_slices_over_threads_and_an_unknown_batch_match_keras(self):
+        import tensorflow as tf
+
+        rng = np.random.default_rng(16)
+        q, k, v, d_out = (
+            ops.convert_to_tensor(rng.standard_normal((5, 7, 3, 8)).astype("float32"))
+            for _ in range(4)
+        )
+        fused = lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5)  # noqa: E731
+        expected = self._gradient_run(fused, q, k, v, d_out)
+        attend = attention._xla_attention_per_head(8**-0.5)
+        # Five groups (one per example) over three calls: 2 + 2 + 1.
+        with mock.patch.object(attention, "_inter_op_threads", return_value=3):
+            with mock.patch.object(tf, "split", wraps=tf.split) as split:
+                got = self._gradient_run(attend, q, k, v, d_out)
+            self.assertEqual(split.call_args_list[0].args[1], [2, 2, 1])
+        for g, e in zip(got, expected):
+            self.assertAllClose(g, e, atol=1e-4, rtol=1e-4)
+        # A batch of unknown size (a graph traced for any batch) takes one call.
+        spec = tf.TensorSpec((None, 7, 3, 8), "float32")
+        unknown = tf.function(attend, input_signature=[spec] * 3)
+        self.assertAllClose(unknown(q, k, v), expected[0], atol=1e-5, rtol=1e-5)
 
     def test_the_layer_calls_it_and_trains_through_it(self):
         layer = attention.TIPSv2Attention(24, 3)

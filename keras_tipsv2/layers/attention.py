@@ -1,4 +1,5 @@
 import functools
+import os
 
 import keras
 from keras import ops
@@ -102,16 +103,18 @@ def per_head_attention_is_faster():
 
     True for TensorFlow on CPU only. `ops.dot_product_attention` there runs
     the whole batch's logits, softmax and weights through memory as
-    separate graph ops; one (batch, head) pair at a time under XLA keeps
-    each pair's logits in cache. Measured on two Zen 3 cores (B/14, batch
-    8, float32; benchmarks/RESULTS.md), the attention alone per layer: 718-
-    808 -> 383-399 ms at 1,025 tokens (torch's fused kernel: 235-262 ms);
-    the image tower, interleaved, 3.58 -> 3.19 s at 224 px, and 20.8 ->
-    17.0 s at 448 px together with `TIPSv2LayerNorm`'s XLA kernel. The same
-    function on JAX ran 456 vs 624 ms alone but was no faster inside the
-    jitted tower (2.97 vs 2.94 s at 224 px, 14.5 vs 14.8 s at 448), so JAX
-    keeps `_explicit_attention`. GPUs keep the backends' own kernels (not
-    measured here). Decided once per process from the backend's devices.
+    separate graph ops; a few (batch, head) pairs at a time under XLA keep
+    their logits in cache, and one XLA call per core runs the pairs
+    concurrently (`_in_parts`). Measured on two Zen 3 cores (B/14, batch 8,
+    float32; benchmarks/RESULTS.md), the attention alone per layer at 1,025
+    tokens: 718-808 ms (Keras's kernel) -> 383-399 (one pair per step, one
+    XLA call) -> 292-309 (two pairs per step, two calls, normalised after
+    the PV matmul); torch's fused kernel 241-252 ms. At 257 tokens 39-50 ->
+    24-25 ms (torch 18-19). The one-call version on JAX ran 456 vs 624 ms
+    alone but was no faster inside the jitted tower (2.97 vs 2.94 s at 224
+    px, 14.5 vs 14.8 s at 448), so JAX keeps `_explicit_attention`. GPUs
+    keep the backends' own kernels (not measured here). Decided once per
+    process from the backend's devices.
     """
     return keras.config.backend() == "tensorflow" and _cpu_only()
 
@@ -120,27 +123,67 @@ def per_head_attention_is_faster():
 def _xla_attention_per_head(scale):
     """`_attention_per_head` as XLA kernels for TensorFlow, forward and backward.
 
-    The backward is written out (`_attention_per_head_grads`) because
-    TensorFlow cannot differentiate a compiled loop from outside XLA ("Support
-    for TensorList crossing the XLA/TF boundary is not implemented"), and
-    because it keeps the same per-pair locality: nothing but q, k and v is
-    saved for it, the weights are recomputed pair by pair.
+    The backward is written out (`_attend_groups_grads`) because TensorFlow
+    cannot differentiate a compiled loop from outside XLA ("Support for
+    TensorList crossing the XLA/TF boundary is not implemented"), and
+    because it keeps the same locality: nothing but q, k and v is saved for
+    it, the weights are recomputed group by group.
     """
     import tensorflow as tf
 
     forward = tf.function(
-        lambda q, k, v: _attention_per_head(q, k, v, scale), jit_compile=True
+        lambda q, k, v: _attend_groups(q, k, v, scale), jit_compile=True
     )
     backward = tf.function(
-        lambda q, k, v, d_out: _attention_per_head_grads(q, k, v, d_out, scale),
+        lambda q, k, v, d_out: _attend_groups_grads(q, k, v, d_out, scale),
         jit_compile=True,
     )
 
     @tf.custom_gradient
     def attend(q, k, v):
-        return forward(q, k, v), lambda d_out: backward(q, k, v, d_out)
+        group = _group_size(q)
+        grouped = [_grouped(t, group) for t in (q, k, v)]
+
+        def grads(d_out):
+            d_qkv = _in_parts(backward, grouped + [_grouped(d_out, group)])
+            return tuple(_ungrouped(d, q) for d in d_qkv)
+
+        return _ungrouped(_in_parts(forward, grouped), q), grads
 
     return attend
+
+
+def _in_parts(fn, tensors):
+    """`fn` on consecutive slices of the tensors' first axis, concatenated.
+
+    One slice per inter-op thread (by default one per core): the calls are
+    independent ops of the TensorFlow graph, which runs them concurrently,
+    each an XLA loop over its own groups of pairs. A single call leaves
+    cores idle in the loop's elementwise steps (softmax) and small dots; two
+    calls on two Zen 3 cores ran the attention of a B/14 layer at 1,025
+    tokens in 292-300 ms instead of 360-368, and at 257 tokens in 28-34
+    instead of 39-50 (more calls than cores: no better). A first axis of
+    unknown size takes one call.
+    """
+    import tensorflow as tf
+
+    count = tensors[0].shape[0]
+    parts = min(_inter_op_threads(), count) if count is not None else 1
+    if parts <= 1:
+        return fn(*tensors)
+    sizes = [count // parts + (i < count % parts) for i in range(parts)]
+    slices = zip(*(tf.split(t, sizes) for t in tensors))
+    outs = [fn(*s) for s in slices]
+    if isinstance(outs[0], (tuple, list)):
+        return tuple(tf.concat(o, 0) for o in zip(*outs))
+    return tf.concat(outs, 0)
+
+
+def _inter_op_threads():
+    import tensorflow as tf
+
+    threads = tf.config.threading.get_inter_op_parallelism_threads()
+    return threads or len(os.sched_getaffinity(0))
 
 
 def _cpu_only():
@@ -169,69 +212,110 @@ def explicit_attention_is_faster():
     return keras.config.backend() == "jax" and _cpu_only()
 
 
-def _attention_per_head(q, k, v, scale):
-    """softmax(q k^T * scale) v on (B, N, H, hd), one (batch, head) at a time.
+# The most float32 logits one loop step of `_attend_groups` holds (pairs x
+# N x N, ~10 MB). Measured on two Zen 3 cores, B/14 batch 8: at 1,025
+# tokens two pairs per step ran the layer's attention in 287-309 ms, one in
+# 307-360, three or four in 309-349; at 257 tokens 4 to 12 pairs were level
+# (22-25 ms) and two slower (26-30).
+_STEP_LOGITS = 2_500_000
 
-    Each pair's (N, N) logits stay in cache through the softmax and the PV
-    matmul (4 MB at 1,025 tokens) where the whole batch's (B, H, N, N) do
-    not (400 MB at batch 8). Logits and softmax in float32 for
-    half-precision inputs, the weights rounded back before the PV matmul,
-    as in `ops.dot_product_attention`.
+
+def _group_size(q):
+    """Pairs per loop step for (B, N, H, hd) q: the largest divisor of H
+    whose logits fit `_STEP_LOGITS` (1 when N is unknown)."""
+    _, length, heads, _ = ops.shape(q)
+    if not isinstance(length, int):
+        return 1
+    fits = [g for g in range(1, heads + 1) if heads % g == 0]
+    return max(g for g in fits if g == 1 or g * length * length <= _STEP_LOGITS)
+
+
+def _attention_per_head(q, k, v, scale):
+    """softmax(q k^T * scale) v on (B, N, H, hd), a few (batch, head) pairs
+    at a time (`_group_size`), in one loop."""
+    group = _group_size(q)
+    out = _attend_groups(*(_grouped(t, group) for t in (q, k, v)), scale)
+    return _ungrouped(out, q)
+
+
+def _attend_groups(q, k, v, scale):
+    """Attention of (G, g, N, hd) groups of pairs, one group per loop step.
+
+    A group's (g, N, N) logits stay in cache through the softmax and the PV
+    matmul, where the whole batch's (B, H, N, N) do not (400 MB at 1,025
+    tokens, batch 8). The exponentials are summed in float32 and the
+    division comes after the PV matmul, on the (N, hd) output instead of the
+    (N, N) weights (`_explicit_attention`'s order; 3-7 % faster here). For
+    half-precision inputs the exponentials are rounded before the matmul,
+    as `ops.dot_product_attention` rounds its weights.
     """
 
-    def attend(qkv):
-        qi, ki, vi = qkv
-        return ops.matmul(ops.cast(_pair_weights(qi, ki, scale), vi.dtype), vi)
+    def attend(group):
+        qi, ki, vi = group
+        logits = _group_logits(qi, ki, scale)
+        exps = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
+        out = ops.cast(ops.matmul(ops.cast(exps, vi.dtype), vi), "float32")
+        return ops.cast(out / ops.sum(exps, axis=-1, keepdims=True), vi.dtype)
 
-    out = ops.map(attend, tuple(_pairs(t) for t in (q, k, v)))
-    return _unpaired(out, q)
+    return ops.map(attend, (q, k, v))
 
 
-def _attention_per_head_grads(q, k, v, d_out, scale):
-    """Gradients of `_attention_per_head` w.r.t. q, k and v, pair by pair.
+def _attend_groups_grads(q, k, v, d_out, scale):
+    """Gradients of `_attend_groups` w.r.t. q, k and v, group by group.
 
     With P = softmax(s q k^T) and O = P v: dV = P^T dO, dP = dO v^T,
     dS = P * (dP - rowsum(dP * P)), dQ = s dS k, dK = s dS^T q. P and dS in
     float32, rounded to the inputs' dtype before their matmuls, as the
-    forward rounds P.
+    forward rounds its exponentials.
     """
 
-    def grads(tensors):
-        qi, ki, vi, gi = tensors
-        weights = _pair_weights(qi, ki, scale)
-        d_v = ops.matmul(ops.transpose(ops.cast(weights, vi.dtype)), gi)
-        d_weights = ops.cast(ops.matmul(gi, ops.transpose(vi)), "float32")
+    def grads(group):
+        qi, ki, vi, gi = group
+        weights = ops.softmax(_group_logits(qi, ki, scale), axis=-1)
+        d_v = ops.matmul(_transposed(ops.cast(weights, vi.dtype)), gi)
+        d_weights = ops.cast(ops.matmul(gi, _transposed(vi)), "float32")
         d_logits = weights * (
             d_weights - ops.sum(d_weights * weights, axis=-1, keepdims=True)
         )
         d_logits = ops.cast(d_logits * scale, qi.dtype)
         return (
             ops.matmul(d_logits, ki),
-            ops.matmul(ops.transpose(d_logits), qi),
+            ops.matmul(_transposed(d_logits), qi),
             d_v,
         )
 
-    d_q, d_k, d_v = ops.map(grads, tuple(_pairs(t) for t in (q, k, v, d_out)))
-    return _unpaired(d_q, q), _unpaired(d_k, q), _unpaired(d_v, q)
+    return ops.map(grads, (q, k, v, d_out))
 
 
-def _pairs(x):
-    """(B, N, H, hd) -> (B * H, N, hd), one row per (batch, head) pair."""
+def _attention_per_head_grads(q, k, v, d_out, scale):
+    """Gradients of `_attention_per_head`, through `_attend_groups_grads`."""
+    group = _group_size(q)
+    grouped = [_grouped(t, group) for t in (q, k, v, d_out)]
+    return tuple(_ungrouped(d, q) for d in _attend_groups_grads(*grouped, scale))
+
+
+def _grouped(x, group):
+    """(B, N, H, hd) -> (B * H / group, group, N, hd): groups of (batch, head)
+    pairs, each group within one example."""
     _, length, _, head_dim = ops.shape(x)
-    return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, length, head_dim))
+    pairs = ops.transpose(x, (0, 2, 1, 3))
+    return ops.reshape(pairs, (-1, group, length, head_dim))
 
 
-def _unpaired(x, like):
-    """The inverse of `_pairs`, back to the (B, N, H, hd) shape of `like`."""
+def _ungrouped(x, like):
+    """The inverse of `_grouped`, back to the (B, N, H, hd) shape of `like`."""
     batch, length, heads, head_dim = ops.shape(like)
     x = ops.reshape(x, (batch, heads, length, head_dim))
     return ops.transpose(x, (0, 2, 1, 3))
 
 
-def _pair_weights(qi, ki, scale):
-    """Float32 softmax(s q k^T) of one (batch, head) pair's (N, hd) q and k."""
-    logits = ops.cast(ops.matmul(qi, ops.transpose(ki)), "float32") * scale
-    return ops.softmax(logits, axis=-1)
+def _transposed(x):
+    return ops.swapaxes(x, -1, -2)
+
+
+def _group_logits(qi, ki, scale):
+    """Float32 s q k^T of a group's (g, N, hd) q and k."""
+    return ops.cast(ops.matmul(qi, _transposed(ki)), "float32") * scale
 
 
 def _explicit_attention(q, k, v, scale):
