@@ -145,7 +145,7 @@ def _grads(fn, *args):
     if backend == "jax":
         import jax
 
-        return [np.asarray(g) for g in jax.grad(fn, argnums=(0, 1, 2))(*args)]
+        return [np.asarray(g) for g in jax.grad(fn, argnums=tuple(range(len(args))))(*args)]
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -160,54 +160,110 @@ def _grads(fn, *args):
     return [leaf.grad.cpu().numpy() for leaf in leaves]
 
 
+def _packed_qkv(seed, batch=2, tokens=11, heads=3, head_dim=8, scale=6.0):
+    """A (B, N, 3D) qkv as the fused projection packs it: q | k | v, each
+    heads-major. Large by default, as `_qkv`."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, tokens, 3 * heads * head_dim)
+    return ops.convert_to_tensor(rng.standard_normal(shape).astype("float32") * scale)
+
+
+def _keras_attention(qkv, heads=3):
+    """`ops.dot_product_attention` of a packed qkv, as (B, N, D)."""
+    batch, tokens, channels = ops.shape(qkv)
+    head_dim = channels // (3 * heads)
+    q, k, v = (
+        ops.reshape(t, (batch, tokens, heads, head_dim)) for t in ops.split(qkv, 3, -1)
+    )
+    out = ops.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    return ops.reshape(out, (batch, tokens, heads * head_dim))
+
+
+def _d_out(seed, like_qkv):
+    batch, tokens, channels = ops.shape(like_qkv)
+    shape = (batch, tokens, channels // 3)
+    return ops.convert_to_tensor(
+        np.random.default_rng(seed).standard_normal(shape).astype("float32")
+    )
+
+
 class PerHeadAttentionTest(TestCase):
-    """One (batch, head) pair at a time: TensorFlow's CPU path, with its
-    written-out backward; the plain function is checked on every backend."""
+    """A few (batch, head) pairs per loop step from the packed qkv:
+    TensorFlow's CPU path, with its written-out backward; the plain
+    functions are checked on every backend."""
 
     def test_matches_the_backend_kernel(self):
-        q, k, v = _qkv(seed=8, tokens=11)
-        expected = ops.dot_product_attention(q, k, v, scale=8**-0.5)
-        got = attention._attention_per_head(q, k, v, 8**-0.5)
-        self.assertAllClose(got, expected, atol=1e-5, rtol=1e-5)
+        qkv = _packed_qkv(seed=8)
+        got = attention._attention_per_head(qkv, 3, 8**-0.5)
+        self.assertAllClose(got, _keras_attention(qkv), atol=1e-5, rtol=1e-5)
+
+    def test_a_heads_range_gives_those_heads_channels(self):
+        qkv = _packed_qkv(seed=17, heads=4)
+        expected = _keras_attention(qkv, heads=4)
+        got = attention._attention_per_head(qkv, 4, 8**-0.5, heads=(1, 2))
+        self.assertAllClose(got, expected[..., 8:24], atol=1e-5, rtol=1e-5)
 
     def test_written_out_gradients_equal_autodiff_of_the_backend_kernel(self):
-        q, k, v = _qkv(seed=9, tokens=11)
-        d_out = ops.convert_to_tensor(
-            np.random.default_rng(10).standard_normal((2, 11, 3, 8)).astype("float32")
-        )
-        fused = lambda a, b, c: ops.sum(  # noqa: E731
-            ops.dot_product_attention(a, b, c, scale=8**-0.5) * d_out
-        )
-        got = attention._attention_per_head_grads(q, k, v, d_out, 8**-0.5)
-        for g, expected in zip(got, _grads(fused, q, k, v)):
-            self.assertAllClose(g, expected, atol=1e-4, rtol=1e-4)
+        qkv = _packed_qkv(seed=9)
+        d_out = _d_out(10, qkv)
+        (expected,) = _grads(lambda x: ops.sum(_keras_attention(x) * d_out), qkv)
+        got = attention._attention_per_head_grads(qkv, d_out, 3, 8**-0.5)
+        self.assertEqual(tuple(got.shape), (2, 11, 3, 24))
+        self.assertAllClose(ops.reshape(got, (2, 11, 72)), expected, atol=1e-4, rtol=1e-4)
+        # A heads range: the same gradients, that range's channels only.
+        part = attention._attention_per_head_grads(qkv, d_out, 3, 8**-0.5, heads=(2, 1))
+        full = np.reshape(expected, (2, 11, 3, 24))
+        self.assertAllClose(part, full[..., 16:24], atol=1e-4, rtol=1e-4)
 
     def test_one_pair_per_step_gives_the_same_values_and_gradients(self):
-        q, k, v = _qkv(seed=14, tokens=11)
-        d_out = ops.convert_to_tensor(
-            np.random.default_rng(15).standard_normal((2, 11, 3, 8)).astype("float32")
-        )
-        grouped = attention._attention_per_head(q, k, v, 8**-0.5)
-        grouped_grads = attention._attention_per_head_grads(q, k, v, d_out, 8**-0.5)
+        qkv = _packed_qkv(seed=14)
+        d_out = _d_out(15, qkv)
+        grouped = attention._attention_per_head(qkv, 3, 8**-0.5)
+        grouped_grads = attention._attention_per_head_grads(qkv, d_out, 3, 8**-0.5)
         with mock.patch.object(attention, "_STEP_LOGITS", 1):
-            self.assertEqual(attention._group_size(q), 1)
-            single = attention._attention_per_head(q, k, v, 8**-0.5)
-            single_grads = attention._attention_per_head_grads(q, k, v, d_out, 8**-0.5)
+            self.assertEqual(attention._group_size(3, 11), 1)
+            single = attention._attention_per_head(qkv, 3, 8**-0.5)
+            single_grads = attention._attention_per_head_grads(qkv, d_out, 3, 8**-0.5)
+        # Outputs of ~15 from logits of ~100: float32 rounding reaches 1e-5.
         self.assertAllClose(grouped, single, atol=1e-4, rtol=1e-4)
-        for g, s in zip(grouped_grads, single_grads):
-            self.assertAllClose(g, s, atol=1e-4, rtol=1e-4)
+        self.assertAllClose(grouped_grads, single_grads, atol=1e-4, rtol=1e-4)
+
+    def test_keys_in_blocks_with_an_online_softmax_give_the_same_attention(self):
+        # Large logits on purpose: later blocks raise the row max, so what was
+        # summed before must be rescaled.
+        qkv = _packed_qkv(seed=18)
+        with mock.patch.object(attention, "_KEY_BLOCK", 4):
+            self.assertEqual(
+                [(b.start, b.stop) for b in attention._key_blocks(11)],
+                [(0, 4), (4, 8), (8, 11)],
+            )
+            got = attention._attention_per_head(qkv, 3, 8**-0.5)
+        self.assertAllClose(got, _keras_attention(qkv), atol=1e-4, rtol=1e-4)
+
+    def test_key_blocks_are_near_equal_and_cover_every_key(self):
+        for length in (520, 521, 1025, 4097):
+            blocks = attention._key_blocks(length)
+            sizes = [len(range(length)[b]) for b in blocks]
+            self.assertEqual(sum(sizes), length)
+            self.assertLessEqual(max(sizes), attention._KEY_BLOCK)
+            self.assertLessEqual(max(sizes) - min(sizes), len(sizes))
+        self.assertEqual(len(attention._key_blocks(1025)), 2)
 
     def test_a_step_holds_whole_divisors_of_the_heads_within_its_logit_budget(self):
-        def group(tokens, heads):
-            return attention._group_size(ops.zeros((1, tokens, heads, 1)))
-
-        # B/14 at 448 px: two pairs of 1,025 x 1,025 logits; at 224 px all
-        # twelve heads of an example (257 x 257 each).
-        self.assertEqual(group(1025, 12), 2)
-        self.assertEqual(group(257, 12), 12)
-        self.assertEqual(group(16, 7), 7)
+        group = attention._group_size
+        # B/14 at 448 px, 12 heads in two ranges of six: two pairs of
+        # 1,025 x 1,025 logits; at 224 px all six heads (257 x 257 each).
+        self.assertEqual(group(6, 1025), 2)
+        self.assertEqual(group(6, 257), 6)
+        self.assertEqual(group(7, 16), 7)
         # Over budget with a single pair still takes one pair per step.
-        self.assertEqual(group(4097, 12), 1)
+        self.assertEqual(group(12, 4097), 1)
+
+    def test_heads_are_shared_out_in_equal_ranges_up_to_the_thread_count(self):
+        self.assertEqual(attention._head_ranges(12, 2), ((0, 6), (6, 6)))
+        self.assertEqual(attention._head_ranges(12, 5), ((0, 3), (3, 3), (6, 3), (9, 3)))
+        self.assertEqual(attention._head_ranges(3, 64), ((0, 1), (1, 1), (2, 1)))
+        self.assertEqual(attention._head_ranges(7, 2), ((0, 7),))
 
     def test_only_tensorflow_on_cpu_takes_it(self):
         expected = keras.config.backend() == "tensorflow" and all(
@@ -218,73 +274,60 @@ class PerHeadAttentionTest(TestCase):
 
 @pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="TensorFlow's XLA kernels")
 class TensorFlowPerHeadAttentionTest(TestCase):
-    def _gradient_run(self, fn, q, k, v, d_out):
+    def _gradient_run(self, fn, qkv, d_out):
         import tensorflow as tf
 
         # Inside a graph, as a train step runs it: the compiled loop must
         # not be differentiated from outside XLA.
         @tf.function
-        def run(q, k, v):
+        def run(qkv):
             with tf.GradientTape() as tape:
-                tape.watch([q, k, v])
-                out = fn(q, k, v)
+                tape.watch(qkv)
+                out = fn(qkv)
                 value = tf.reduce_sum(tf.cast(out, "float32") * d_out)
-            return [out] + tape.gradient(value, [q, k, v])
+            return [out, tape.gradient(value, qkv)]
 
-        return [ops.convert_to_numpy(ops.cast(t, "float32")) for t in run(q, k, v)]
-
-    def _inputs(self, scale):
-        q, k, v = (t * scale for t in _qkv(seed=11, tokens=13))
-        d_out = ops.convert_to_tensor(
-            np.random.default_rng(12).standard_normal((2, 13, 3, 8)).astype("float32")
-        )
-        return q, k, v, d_out
+        return [ops.convert_to_numpy(ops.cast(t, "float32")) for t in run(qkv)]
 
     def test_values_and_gradients_in_a_graph_float32(self):
-        q, k, v, d_out = self._inputs(1.0)
-        fused = lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5)  # noqa: E731
-        got = self._gradient_run(attention._xla_attention_per_head(8**-0.5), q, k, v, d_out)
-        expected = self._gradient_run(fused, q, k, v, d_out)
+        qkv = _packed_qkv(seed=11, tokens=13, scale=1.0)
+        d_out = _d_out(12, qkv)
+        got = self._gradient_run(attention._xla_attention_per_head(3, 8**-0.5), qkv, d_out)
+        expected = self._gradient_run(_keras_attention, qkv, d_out)
         for g, e in zip(got, expected):
             self.assertAllClose(g, e, atol=1e-4, rtol=1e-4)
 
     def test_values_and_gradients_in_a_graph_bfloat16(self):
         # Against float32 on the same bfloat16-rounded inputs: no more than
-        # twice the error of Keras's own bfloat16 kernel, output and every
+        # twice the error of Keras's own bfloat16 kernel, output and
         # gradient (both round the softmax weights to bfloat16).
-        q, k, v, d_out = self._inputs(1 / 6)
-        q, k, v = (ops.cast(t, "bfloat16") for t in (q, k, v))
-        fused = lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5)  # noqa: E731
-        truth = self._gradient_run(fused, *(ops.cast(t, "float32") for t in (q, k, v)), d_out)
-        got = self._gradient_run(attention._xla_attention_per_head(8**-0.5), q, k, v, d_out)
-        keras_bf16 = self._gradient_run(fused, q, k, v, d_out)
+        qkv = ops.cast(_packed_qkv(seed=11, tokens=13, scale=1 / 6), "bfloat16")
+        d_out = _d_out(12, qkv)
+        truth = self._gradient_run(_keras_attention, ops.cast(qkv, "float32"), d_out)
+        attend = attention._xla_attention_per_head(3, 8**-0.5)
+        got = self._gradient_run(attend, qkv, d_out)
+        keras_bf16 = self._gradient_run(_keras_attention, qkv, d_out)
         for g, e, t in zip(got, keras_bf16, truth):
             self.assertLessEqual(np.abs(g - t).max(), 2 * np.abs(e - t).max() + 1e-3)
-        out = attention._xla_attention_per_head(8**-0.5)(q, k, v)
-        self.assertEqual(keras.backend.standardize_dtype(out.dtype), "bfloat16")
+        self.assertEqual(keras.backend.standardize_dtype(attend(qkv).dtype), "bfloat16")
 
-    def test_uneven_slices_over_threads_and_an_unknown_batch_match_keras(self):
+    def test_one_call_per_thread_and_an_unknown_batch_match_keras(self):
         import tensorflow as tf
 
-        rng = np.random.default_rng(16)
-        q, k, v, d_out = (
-            ops.convert_to_tensor(rng.standard_normal((5, 7, 3, 8)).astype("float32"))
-            for _ in range(4)
-        )
-        fused = lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5)  # noqa: E731
-        expected = self._gradient_run(fused, q, k, v, d_out)
-        attend = attention._xla_attention_per_head(8**-0.5)
-        # Five groups (one per example) over three calls: 2 + 2 + 1.
-        with mock.patch.object(attention, "_inter_op_threads", return_value=3):
-            with mock.patch.object(tf, "split", wraps=tf.split) as split:
-                got = self._gradient_run(attend, q, k, v, d_out)
-            self.assertEqual(split.call_args_list[0].args[1], [2, 2, 1])
-        for g, e in zip(got, expected):
-            self.assertAllClose(g, e, atol=1e-4, rtol=1e-4)
-        # A batch of unknown size (a graph traced for any batch) takes one call.
-        spec = tf.TensorSpec((None, 7, 3, 8), "float32")
-        unknown = tf.function(attend, input_signature=[spec] * 3)
-        self.assertAllClose(unknown(q, k, v), expected[0], atol=1e-5, rtol=1e-5)
+        qkv = _packed_qkv(seed=16, batch=5, tokens=7, heads=4, scale=1.0)
+        d_out = _d_out(17, qkv)
+        expected = self._gradient_run(lambda x: _keras_attention(x, 4), qkv, d_out)
+        attend = attention._xla_attention_per_head(4, 8**-0.5)
+        for threads in (1, 3, 4):
+            # Four heads over 1, 2 (the largest divisor up to 3) and 4 calls.
+            with mock.patch.object(attention, "_inter_op_threads", return_value=threads):
+                got = self._gradient_run(attend, qkv, d_out)
+            for g, e in zip(got, expected):
+                self.assertAllClose(g, e, atol=1e-4, rtol=1e-4)
+        # A graph traced for any batch size.
+        spec = tf.TensorSpec((None, 7, 96), "float32")
+        unknown = tf.function(attend, input_signature=[spec])
+        self.assertAllClose(unknown(qkv), expected[0], atol=1e-5, rtol=1e-5)
 
     def test_the_layer_calls_it_and_trains_through_it(self):
         layer = attention.TIPSv2Attention(24, 3)

@@ -58,11 +58,18 @@ class TIPSv2Attention(keras.layers.Layer):
 
     def call(self, inputs, key_mask=None, values_only=False):
         qkv = self.qkv(inputs)
+        scale = self.head_dim**-0.5
+        if (
+            key_mask is None
+            and not values_only
+            and per_head_attention_is_faster()
+            and not isinstance(qkv, keras.KerasTensor)
+        ):
+            return self.proj(_xla_attention_per_head(self.num_heads, scale)(qkv))
         q, k, v = ops.split(qkv, 3, axis=-1)
         if values_only:
             return self.proj(v)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        scale = self.head_dim**-0.5
         if keras.config.backend() == "torch":
             out = _torch_attention(q, k, v, scale, key_mask)
         elif key_mask is not None:
@@ -73,8 +80,6 @@ class TIPSv2Attention(keras.layers.Layer):
             )
             weights = ops.softmax(logits, axis=-1)
             out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
-        elif per_head_attention_is_faster() and not isinstance(q, keras.KerasTensor):
-            out = _xla_attention_per_head(scale)(q, k, v)
         elif (
             explicit_attention_is_faster()
             and keras.backend.standardize_dtype(q.dtype) == "float32"
@@ -104,79 +109,81 @@ def per_head_attention_is_faster():
     True for TensorFlow on CPU only. `ops.dot_product_attention` there runs
     the whole batch's logits, softmax and weights through memory as
     separate graph ops; a few (batch, head) pairs at a time under XLA keep
-    their logits in cache, and one XLA call per core runs the pairs
-    concurrently (`_in_parts`). Measured on two Zen 3 cores (B/14, batch 8,
-    float32; benchmarks/RESULTS.md), the attention alone per layer at 1,025
-    tokens: 718-808 ms (Keras's kernel) -> 383-399 (one pair per step, one
-    XLA call) -> 292-309 (two pairs per step, two calls, normalised after
-    the PV matmul); torch's fused kernel 241-252 ms. At 257 tokens 39-50 ->
-    24-25 ms (torch 18-19). The one-call version on JAX ran 456 vs 624 ms
-    alone but was no faster inside the jitted tower (2.97 vs 2.94 s at 224
-    px, 14.5 vs 14.8 s at 448), so JAX keeps `_explicit_attention`. GPUs
-    keep the backends' own kernels (not measured here). Decided once per
-    process from the backend's devices.
+    their logits in cache, and one XLA call per core, each on its own heads
+    (`_xla_attention_per_head`), runs them concurrently. Measured on two Zen
+    3 cores (B/14, batch 8, float32; benchmarks/RESULTS.md), the attention
+    alone per layer at 1,025 tokens: 718-808 ms (Keras's kernel) -> 383-399
+    (one pair per step, one XLA call) -> 292-360 (two pairs per step, two
+    calls, normalised after the PV matmul) -> 10 % less again with the keys
+    in two blocks (`_key_blocks`); torch's fused kernel 241-252 ms in the
+    same runs. At 257 tokens 39-50 -> 24-25 ms (torch 18-19). These ran
+    interleaved in one process; the host's speed drifts ~10 % between runs.
+    The one-call version on JAX ran 456 vs 624 ms alone but was no faster
+    inside the jitted tower (2.97 vs 2.94 s at 224 px, 14.5 vs 14.8 s at
+    448), so JAX keeps `_explicit_attention`. GPUs keep the backends' own
+    kernels (not measured here). Decided once per process from the
+    backend's devices.
     """
     return keras.config.backend() == "tensorflow" and _cpu_only()
 
 
 @functools.cache
-def _xla_attention_per_head(scale):
-    """`_attention_per_head` as XLA kernels for TensorFlow, forward and backward.
+def _xla_attention_per_head(num_heads, scale):
+    """`_attention_per_head` of a packed (B, N, 3D) qkv as TensorFlow XLA
+    calls, one per inter-op thread, forward and backward.
 
-    The backward is written out (`_attend_groups_grads`) because TensorFlow
-    cannot differentiate a compiled loop from outside XLA ("Support for
-    TensorList crossing the XLA/TF boundary is not implemented"), and
-    because it keeps the same locality: nothing but q, k and v is saved for
-    it, the weights are recomputed group by group.
+    Each call takes the whole qkv tensor and attends over its own range of
+    heads (`_head_ranges`); the calls are independent ops of the TensorFlow
+    graph, which runs them concurrently, and the (B, N, D) output is their
+    concatenation along the channels. One call left a core idle in its
+    loop's softmax and small dots: two calls on two Zen 3 cores ran a B/14
+    layer's attention at 1,025 tokens in 292-300 ms instead of 360-368, at
+    257 tokens in 28-34 instead of 39-50 (more calls than cores: no
+    better). The calls share out heads, not examples, so that one image or
+    a batch of unknown size (a graph traced for any batch) is shared out as
+    well; taking q, k and v apart inside XLA instead of in the graph
+    measured level (tower at 448 px 14.1 vs 14.3 s, interleaved).
+
+    The backward is written out (`_attention_per_head_grads`) because
+    TensorFlow cannot differentiate a compiled loop from outside XLA
+    ("Support for TensorList crossing the XLA/TF boundary is not
+    implemented"), and because it keeps the same locality: nothing but qkv
+    is saved for it, the weights are recomputed group by group.
     """
     import tensorflow as tf
 
-    forward = tf.function(
-        lambda q, k, v: _attend_groups(q, k, v, scale), jit_compile=True
-    )
-    backward = tf.function(
-        lambda q, k, v, d_out: _attend_groups_grads(q, k, v, d_out, scale),
-        jit_compile=True,
-    )
+    def compiled(fn):
+        return functools.cache(
+            lambda heads: tf.function(
+                lambda *t: fn(*t, num_heads, scale, heads), jit_compile=True
+            )
+        )
+
+    forward = compiled(_attention_per_head)
+    backward = compiled(_attention_per_head_grads)
 
     @tf.custom_gradient
-    def attend(q, k, v):
-        group = _group_size(q)
-        grouped = [_grouped(t, group) for t in (q, k, v)]
+    def attend(qkv):
+        ranges = _head_ranges(num_heads, _inter_op_threads())
+        out = tf.concat([forward(r)(qkv) for r in ranges], axis=-1)
 
         def grads(d_out):
-            d_qkv = _in_parts(backward, grouped + [_grouped(d_out, group)])
-            return tuple(_ungrouped(d, q) for d in d_qkv)
+            d_qkv = [backward(r)(qkv, d_out) for r in ranges]
+            # Each range's (B, N, 3, heads x hd) gradient, back in qkv's
+            # (B, N, 3D) layout.
+            return ops.reshape(tf.concat(d_qkv, axis=-1), ops.shape(qkv))
 
-        return _ungrouped(_in_parts(forward, grouped), q), grads
+        return out, grads
 
     return attend
 
 
-def _in_parts(fn, tensors):
-    """`fn` on consecutive slices of the tensors' first axis, concatenated.
-
-    One slice per inter-op thread (by default one per core): the calls are
-    independent ops of the TensorFlow graph, which runs them concurrently,
-    each an XLA loop over its own groups of pairs. A single call leaves
-    cores idle in the loop's elementwise steps (softmax) and small dots; two
-    calls on two Zen 3 cores ran the attention of a B/14 layer at 1,025
-    tokens in 292-300 ms instead of 360-368, and at 257 tokens in 28-34
-    instead of 39-50 (more calls than cores: no better). A first axis of
-    unknown size takes one call.
-    """
-    import tensorflow as tf
-
-    count = tensors[0].shape[0]
-    parts = min(_inter_op_threads(), count) if count is not None else 1
-    if parts <= 1:
-        return fn(*tensors)
-    sizes = [count // parts + (i < count % parts) for i in range(parts)]
-    slices = zip(*(tf.split(t, sizes) for t in tensors))
-    outs = [fn(*s) for s in slices]
-    if isinstance(outs[0], (tuple, list)):
-        return tuple(tf.concat(o, 0) for o in zip(*outs))
-    return tf.concat(outs, 0)
+def _head_ranges(num_heads, threads):
+    """Consecutive equal (first, count) ranges of heads, as many as the
+    largest divisor of `num_heads` not above `threads`."""
+    parts = max(p for p in range(1, num_heads + 1) if num_heads % p == 0 and p <= threads)
+    count = num_heads // parts
+    return tuple((i * count, count) for i in range(parts))
 
 
 def _inter_op_threads():
@@ -220,44 +227,125 @@ def explicit_attention_is_faster():
 _STEP_LOGITS = 2_500_000
 
 
-def _group_size(q):
-    """Pairs per loop step for (B, N, H, hd) q: the largest divisor of H
-    whose logits fit `_STEP_LOGITS` (1 when N is unknown)."""
-    _, length, heads, _ = ops.shape(q)
+def _group_size(heads, length):
+    """Pairs per loop step: the largest divisor of `heads` whose (N, N)
+    logits fit `_STEP_LOGITS` together (1 when N is unknown)."""
     if not isinstance(length, int):
         return 1
     fits = [g for g in range(1, heads + 1) if heads % g == 0]
     return max(g for g in fits if g == 1 or g * length * length <= _STEP_LOGITS)
 
 
-def _attention_per_head(q, k, v, scale):
-    """softmax(q k^T * scale) v on (B, N, H, hd), a few (batch, head) pairs
-    at a time (`_group_size`), in one loop."""
-    group = _group_size(q)
-    out = _attend_groups(*(_grouped(t, group) for t in (q, k, v)), scale)
-    return _ungrouped(out, q)
+def _attention_per_head(qkv, num_heads, scale, heads=None):
+    """softmax(q k^T * scale) v from a packed (B, N, 3D) qkv, in heads.
+
+    Returns (B, N, count x hd) for the heads range `heads` = (first, count),
+    all heads by default, a few (batch, head) pairs per loop step
+    (`_group_size`).
+    """
+    q, k, v = _grouped_qkv(qkv, num_heads, heads)
+    return _ungrouped(_attend_groups(q, k, v, scale), qkv)
+
+
+def _attention_per_head_grads(qkv, d_out, num_heads, scale, heads=None):
+    """Gradient of `_attention_per_head` w.r.t. qkv, for one heads range.
+
+    `d_out` is the whole (B, N, D) output gradient. Returns (B, N, 3, count
+    x hd): q, k and v's gradients for those heads; the ranges concatenated
+    along the last axis and reshaped are the (B, N, 3D) gradient.
+    """
+    first, count = heads or (0, num_heads)
+    batch, length, _ = ops.shape(qkv)
+    head_dim = ops.shape(d_out)[-1] // num_heads
+    d_out = ops.reshape(d_out, (batch, length, num_heads, head_dim))
+    d_out = d_out[:, :, first : first + count]
+    group = _group_size(count, length)
+    grads = _attend_groups_grads(
+        *_grouped_qkv(qkv, num_heads, heads), _grouped(d_out, group), scale
+    )
+    return ops.stack([_ungrouped(g, qkv) for g in grads], axis=2)
+
+
+def _grouped_qkv(qkv, num_heads, heads):
+    """q, k and v of a heads range of packed (B, N, 3D) qkv, as `_grouped`."""
+    first, count = heads or (0, num_heads)
+    batch, length, channels = ops.shape(qkv)
+    head_dim = channels // (3 * num_heads)
+    x = ops.reshape(qkv, (batch, length, 3, num_heads, head_dim))
+    x = x[:, :, :, first : first + count]
+    group = _group_size(count, length)
+    return tuple(_grouped(x[:, :, i], group) for i in range(3))
+
+
+def _grouped(x, group):
+    """(B, N, h, hd) -> (B * h / group, group, N, hd): groups of (batch, head)
+    pairs, each group within one example."""
+    _, length, _, head_dim = ops.shape(x)
+    pairs = ops.transpose(x, (0, 2, 1, 3))
+    return ops.reshape(pairs, (-1, group, length, head_dim))
+
+
+def _ungrouped(x, qkv):
+    """(B * h / g, g, N, hd) groups back to (B, N, h x hd), the batch and
+    length of `qkv`."""
+    batch, length, _ = ops.shape(qkv)
+    head_dim = ops.shape(x)[-1]
+    x = ops.transpose(ops.reshape(x, (batch, -1, length, head_dim)), (0, 2, 1, 3))
+    return ops.reshape(x, (batch, length, -1))
 
 
 def _attend_groups(q, k, v, scale):
     """Attention of (G, g, N, hd) groups of pairs, one group per loop step.
 
-    A group's (g, N, N) logits stay in cache through the softmax and the PV
-    matmul, where the whole batch's (B, H, N, N) do not (400 MB at 1,025
-    tokens, batch 8). The exponentials are summed in float32 and the
-    division comes after the PV matmul, on the (N, hd) output instead of the
-    (N, N) weights (`_explicit_attention`'s order; 3-7 % faster here). For
-    half-precision inputs the exponentials are rounded before the matmul,
-    as `ops.dot_product_attention` rounds its weights.
+    A group's logits stay in cache through the softmax and the PV matmul,
+    where the whole batch's (B, H, N, N) do not (400 MB at 1,025 tokens,
+    batch 8). Within a step the keys go in blocks (`_key_blocks`) with an
+    online softmax, as flash attention does: each block's exponentials are
+    taken from the running row max, and what was summed before is rescaled
+    when the max grows. The division by the row sums comes after the PV
+    matmuls, on the (N, hd) output instead of the (N, N) weights. Sums and
+    output accumulate in float32; for half-precision inputs the
+    exponentials are rounded before their matmul, as
+    `ops.dot_product_attention` rounds its weights.
     """
+    length = ops.shape(q)[-2]
 
     def attend(group):
         qi, ki, vi = group
-        logits = _group_logits(qi, ki, scale)
-        exps = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
-        out = ops.cast(ops.matmul(ops.cast(exps, vi.dtype), vi), "float32")
-        return ops.cast(out / ops.sum(exps, axis=-1, keepdims=True), vi.dtype)
+        peak = total = sums = None
+        for keys in _key_blocks(length):
+            logits = _group_logits(qi, ki[:, keys], scale)
+            block_peak = ops.max(logits, axis=-1, keepdims=True)
+            if peak is not None:
+                block_peak = ops.maximum(peak, block_peak)
+                rescale = ops.exp(peak - block_peak)
+                total, sums = total * rescale, sums * rescale
+            exps = ops.exp(logits - block_peak)
+            out = ops.matmul(ops.cast(exps, vi.dtype), vi[:, keys])
+            out = ops.cast(out, "float32")
+            block_sums = ops.sum(exps, axis=-1, keepdims=True)
+            total = out if total is None else total + out
+            sums = block_sums if sums is None else sums + block_sums
+            peak = block_peak
+        return ops.cast(total / sums, vi.dtype)
 
     return ops.map(attend, (q, k, v))
+
+
+# The most keys per block of `_attend_groups`'s online softmax. Measured on
+# two Zen 3 cores, B/14 batch 8 at 1,025 tokens, the layer's attention: one
+# block 370-390 ms, blocks of 520 keys 325-341, of 256 or 344 326-363.
+_KEY_BLOCK = 520
+
+
+def _key_blocks(length):
+    """Slices of near-equal key blocks of at most `_KEY_BLOCK` keys (one
+    block when the length is unknown)."""
+    if not isinstance(length, int) or length <= _KEY_BLOCK:
+        return [slice(None)]
+    count = -(-length // _KEY_BLOCK)
+    size = -(-length // count)
+    return [slice(start, min(start + size, length)) for start in range(0, length, size)]
 
 
 def _attend_groups_grads(q, k, v, d_out, scale):
@@ -285,28 +373,6 @@ def _attend_groups_grads(q, k, v, d_out, scale):
         )
 
     return ops.map(grads, (q, k, v, d_out))
-
-
-def _attention_per_head_grads(q, k, v, d_out, scale):
-    """Gradients of `_attention_per_head`, through `_attend_groups_grads`."""
-    group = _group_size(q)
-    grouped = [_grouped(t, group) for t in (q, k, v, d_out)]
-    return tuple(_ungrouped(d, q) for d in _attend_groups_grads(*grouped, scale))
-
-
-def _grouped(x, group):
-    """(B, N, H, hd) -> (B * H / group, group, N, hd): groups of (batch, head)
-    pairs, each group within one example."""
-    _, length, _, head_dim = ops.shape(x)
-    pairs = ops.transpose(x, (0, 2, 1, 3))
-    return ops.reshape(pairs, (-1, group, length, head_dim))
-
-
-def _ungrouped(x, like):
-    """The inverse of `_grouped`, back to the (B, N, H, hd) shape of `like`."""
-    batch, length, heads, head_dim = ops.shape(like)
-    x = ops.reshape(x, (batch, heads, length, head_dim))
-    return ops.transpose(x, (0, 2, 1, 3))
 
 
 def _transposed(x):
