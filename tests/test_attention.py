@@ -332,15 +332,23 @@ class TensorFlowPerHeadAttentionTest(TestCase):
     def test_the_layer_calls_it_and_trains_through_it(self):
         layer = attention.TIPSv2Attention(24, 3)
         x = np.random.default_rng(13).standard_normal((2, 9, 24)).astype("float32")
-        with mock.patch.object(
+        spy = mock.patch.object(
             attention, "_xla_attention_per_head", wraps=attention._xla_attention_per_head
-        ) as spy:
-            out = layer(x)
-            self.assertEqual(spy.call_count, 1)
-        with mock.patch.object(attention, "per_head_attention_is_faster", return_value=False):
+        )
+        with spy as calls:
             expected = layer(x)
-        self.assertAllClose(out, expected, atol=1e-5, rtol=1e-5)
-        model = keras.Sequential([keras.Input((9, 24)), layer])
-        model.compile(optimizer="sgd", loss="mse", jit_compile=False)
-        history = model.fit(x, np.zeros_like(x), epochs=2, verbose=0)
-        self.assertTrue(np.isfinite(history.history["loss"]).all())
+            # Nine tokens are too short: Keras's kernel.
+            self.assertEqual(calls.call_count, 0)
+        with mock.patch.object(attention, "_PER_HEAD_MIN_TOKENS", 9):
+            with spy as calls:
+                out = layer(x)
+                self.assertEqual(calls.call_count, 1)
+            self.assertAllClose(out, expected, atol=1e-5, rtol=1e-5)
+            # In a graph of its own, and inlined into an outer XLA compile.
+            for jit_compile in (False, True):
+                model = keras.Sequential([keras.Input((9, 24)), layer])
+                model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
+                with spy as calls:
+                    history = model.fit(x, np.zeros_like(x), epochs=2, verbose=0)
+                    self.assertGreater(calls.call_count, 0)
+                self.assertTrue(np.isfinite(history.history["loss"]).all())

@@ -64,6 +64,7 @@ class TIPSv2Attention(keras.layers.Layer):
             and not values_only
             and per_head_attention_is_faster()
             and not isinstance(qkv, keras.KerasTensor)
+            and _long_enough_for_per_head(qkv)
         ):
             return self.proj(_xla_attention_per_head(self.num_heads, scale)(qkv))
         q, k, v = ops.split(qkv, 3, axis=-1)
@@ -106,25 +107,42 @@ class TIPSv2Attention(keras.layers.Layer):
 def per_head_attention_is_faster():
     """Whether unmasked attention should run `_attention_per_head` under XLA.
 
-    True for TensorFlow on CPU only. `ops.dot_product_attention` there runs
+    True for TensorFlow on CPU only, and there for sequences of at least
+    `_PER_HEAD_MIN_TOKENS`. `ops.dot_product_attention` there runs
     the whole batch's logits, softmax and weights through memory as
     separate graph ops; a few (batch, head) pairs at a time under XLA keep
     their logits in cache, and one XLA call per core, each on its own heads
     (`_xla_attention_per_head`), runs them concurrently. Measured on two Zen
     3 cores (B/14, batch 8, float32; benchmarks/RESULTS.md), the attention
     alone per layer at 1,025 tokens: 718-808 ms (Keras's kernel) -> 383-399
-    (one pair per step, one XLA call) -> 292-360 (two pairs per step, two
+    (one pair per step, one XLA call) -> 276-323 (two pairs per step, two
     calls, normalised after the PV matmul) -> 10 % less again with the keys
-    in two blocks (`_key_blocks`); torch's fused kernel 241-252 ms in the
-    same runs. At 257 tokens 39-50 -> 24-25 ms (torch 18-19). These ran
+    in two blocks (`_key_blocks`); torch's fused kernel 226-252 ms in the
+    same runs. At 257 tokens 39-50 -> 24-26 ms (torch 18-22). These ran
     interleaved in one process; the host's speed drifts ~10 % between runs.
     The one-call version on JAX ran 456 vs 624 ms alone but was no faster
     inside the jitted tower (2.97 vs 2.94 s at 224 px, 14.5 vs 14.8 s at
-    448), so JAX keeps `_explicit_attention`. GPUs keep the backends' own
+    448), nor was the grouped, key-blocked one (2.51 vs 2.57 s, 13.43 vs
+    13.55 s), so JAX keeps `_explicit_attention`. GPUs keep the backends' own
     kernels (not measured here). Decided once per process from the
     backend's devices.
     """
     return keras.config.backend() == "tensorflow" and _cpu_only()
+
+
+# The shortest sequence that takes the per-head path. Forward and backward
+# of one attention, interleaved on two Zen 3 cores, per-head ÷ Keras's
+# kernel in time: 257 tokens (B/14 batch 8) 0.65 in a graph and 0.93 inside
+# an outer XLA compile (as `fit` runs on TensorFlow); 129 tokens (batch 32,
+# 4 heads) 0.81 and 1.9; 65 tokens (the tiny recipe's 128 crops) 0.79 and
+# 1.3; 17 tokens (512 local crops) 2.0 and 2.5. Short sequences keep
+# Keras's kernel, whose whole-batch logits are small enough to stay in cache.
+_PER_HEAD_MIN_TOKENS = 200
+
+
+def _long_enough_for_per_head(qkv):
+    length = ops.shape(qkv)[1]
+    return isinstance(length, int) and length >= _PER_HEAD_MIN_TOKENS
 
 
 @functools.cache
@@ -190,7 +208,13 @@ def _inter_op_threads():
     import tensorflow as tf
 
     threads = tf.config.threading.get_inter_op_parallelism_threads()
-    return threads or len(os.sched_getaffinity(0))
+    if threads:
+        return threads
+    # The cores this process may run on (a container's share, not the
+    # host's); macOS has no affinity call.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _cpu_only():
