@@ -247,7 +247,8 @@ def explicit_attention_is_faster():
 # N x N, ~10 MB). Measured on two Zen 3 cores, B/14 batch 8: at 1,025
 # tokens two pairs per step ran the layer's attention in 287-309 ms, one in
 # 307-360, three or four in 309-349; at 257 tokens 4 to 12 pairs were level
-# (22-25 ms) and two slower (26-30).
+# (22-25 ms) and two slower (26-30). (Measured before `_key_blocks`, which
+# at 1,025 tokens halves what a step holds at once.)
 _STEP_LOGITS = 2_500_000
 
 
