@@ -279,27 +279,26 @@ def _attention_per_head_grads(qkv, d_out, num_heads, scale, heads=None):
     x hd): q, k and v's gradients for those heads; the ranges concatenated
     along the last axis and reshaped are the (B, N, 3D) gradient.
     """
-    first, count = heads or (0, num_heads)
-    batch, length, _ = ops.shape(qkv)
-    head_dim = ops.shape(d_out)[-1] // num_heads
-    d_out = ops.reshape(d_out, (batch, length, num_heads, head_dim))
-    d_out = d_out[:, :, first : first + count]
-    group = _group_size(count, length)
     grads = _attend_groups_grads(
-        *_grouped_qkv(qkv, num_heads, heads), _grouped(d_out, group), scale
+        *_grouped_qkv(qkv, num_heads, heads),
+        _grouped_heads(d_out, num_heads, heads),
+        scale,
     )
     return ops.stack([_ungrouped(g, qkv) for g in grads], axis=2)
 
 
 def _grouped_qkv(qkv, num_heads, heads):
-    """q, k and v of a heads range of packed (B, N, 3D) qkv, as `_grouped`."""
+    """q, k and v of a heads range of packed (B, N, 3D) qkv, as `_grouped_heads`."""
+    return tuple(_grouped_heads(t, num_heads, heads) for t in ops.split(qkv, 3, axis=-1))
+
+
+def _grouped_heads(x, num_heads, heads):
+    """The heads range `heads` = (first, count) of a (B, N, H x hd) tensor, all
+    heads by default, in groups of `_group_size` pairs (`_grouped`)."""
     first, count = heads or (0, num_heads)
-    batch, length, channels = ops.shape(qkv)
-    head_dim = channels // (3 * num_heads)
-    x = ops.reshape(qkv, (batch, length, 3, num_heads, head_dim))
-    x = x[:, :, :, first : first + count]
-    group = _group_size(count, length)
-    return tuple(_grouped(x[:, :, i], group) for i in range(3))
+    batch, length, channels = ops.shape(x)
+    x = ops.reshape(x, (batch, length, num_heads, channels // num_heads))
+    return _grouped(x[:, :, first : first + count], _group_size(count, length))
 
 
 def _grouped(x, group):
