@@ -329,6 +329,21 @@ class TensorFlowPerHeadAttentionTest(TestCase):
         unknown = tf.function(attend, input_signature=[spec])
         self.assertAllClose(unknown(qkv), expected[0], atol=1e-5, rtol=1e-5)
 
+    def test_an_eager_gradient_tape_gets_the_written_out_gradient(self):
+        # A custom training loop without tf.function: the tape must not try
+        # to differentiate the compiled loop ("TensorList crossing the
+        # XLA/TF boundary"), only take the custom gradient.
+        qkv = _packed_qkv(seed=14, tokens=9, scale=1.0)
+        d_out = _d_out(15, qkv)
+
+        def loss(fn):
+            return lambda t: ops.sum(fn(t) * d_out)
+
+        per_head = attention._xla_attention_per_head(3, 8**-0.5)
+        [got] = _grads(loss(per_head), qkv)
+        [expected] = _grads(loss(_keras_attention), qkv)
+        self.assertAllClose(got, expected, atol=1e-4, rtol=1e-4)
+
     def test_the_layer_calls_it_and_trains_through_it(self):
         layer = attention.TIPSv2Attention(24, 3)
         x = np.random.default_rng(13).standard_normal((2, 9, 24)).astype("float32")

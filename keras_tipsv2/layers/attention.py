@@ -183,7 +183,11 @@ def _xla_attention_per_head(num_heads, scale):
     @tf.custom_gradient
     def attend(qkv):
         ranges = _head_ranges(num_heads, _inter_op_threads())
-        out = tf.concat([forward(r)(qkv) for r in ranges], axis=-1)
+        # Out of sight of an eager GradientTape, which would otherwise try
+        # to differentiate the compiled loop itself (the error above);
+        # `grads` gives the gradient.
+        held = tf.stop_gradient(qkv)
+        out = tf.concat([forward(r)(held) for r in ranges], axis=-1)
 
         def grads(d_out):
             d_qkv = [backward(r)(qkv, d_out) for r in ranges]
