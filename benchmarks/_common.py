@@ -62,11 +62,14 @@ def hf_model(shape, seed=0):
     return Tipsv2Model(hf_config(shape)).eval()
 
 
-def backbone_from(model, dtype=None):
-    """Our TIPSv2Backbone holding exactly the weights of the transformers model."""
+def backbone_from(model, dtype=None, **overrides):
+    """Our TIPSv2Backbone holding exactly the weights of the transformers
+    model (keyword arguments override its config)."""
     from keras_tipsv2.convert import backbone_from_hf
 
-    return backbone_from_hf(model.config.to_dict(), model.state_dict(), dtype=dtype)
+    return backbone_from_hf(
+        model.config.to_dict(), model.state_dict(), dtype=dtype, **overrides
+    )
 
 
 def dinov2_backbone(shape, size, dtype=None):

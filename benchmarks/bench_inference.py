@@ -123,6 +123,13 @@ def image_rows(args, shape, hf, size, dtype):
             if isinstance(layer, FusedBiasDense):
                 layer._fuses_bias = lambda: False
         fns["keras_tipsv2 encode_images (Keras Dense)"] = lambda: c.to_numpy_tree(inference(unfused.encode_images, images))
+    for implementation in args.attention:
+        # The same call with the image tower's attention chosen by hand
+        # (`vision_attention_implementation`), against "auto" above.
+        chosen = c.backbone_from(hf, dtype=dtype, vision_attention_implementation=implementation)
+        fns[f"keras_tipsv2 encode_images (attention={implementation})"] = (
+            lambda chosen=chosen: c.to_numpy_tree(inference(chosen.encode_images, images))
+        )
     if not args.skip_dinov2:
         dino = compiled(c.dinov2_backbone(shape, size, dtype=dtype), args.torch_compile, args.tf_xla)
         fns["kerashub DINOV2 compiled"] = lambda: c.to_numpy_tree(dino(x))
@@ -243,6 +250,11 @@ def main():
     parser.add_argument("--tf-xla", action="store_true", help="tensorflow backend: jit_compile=True (fails below 448 px)")
     parser.add_argument("--torch-unfused-rows", action="store_true", help="torch backend: also time encode_images with Keras's Dense (bias added after the matmul)")
     parser.add_argument("--torch-grad-rows", action="store_true", help="torch backend: also time encode_images with autograd recording")
+    parser.add_argument(
+        "--attention", nargs="+", default=[], choices=["backend", "explicit", "per_head"],
+        help="also time encode_images with the image tower's attention set to each of these "
+        "(vision_attention_implementation; the default rows are 'auto')",
+    )
     parser.add_argument("--json", help="write rows and machine info here")
     args = parser.parse_args()
     shape = c.B14

@@ -367,3 +367,117 @@ class TensorFlowPerHeadAttentionTest(TestCase):
                     history = model.fit(x, np.zeros_like(x), epochs=2, verbose=0)
                     self.assertGreater(calls.call_count, 0)
                 self.assertTrue(np.isfinite(history.history["loss"]).all())
+
+
+class AttentionImplementationTest(TestCase):
+    """`TIPSv2Attention(implementation=...)`: every choice is the same
+    attention, on every backend; "auto" keeps the measured rules."""
+
+    def _layer(self, implementation):
+        layer = attention.TIPSv2Attention(24, 3, implementation=implementation)
+        layer.build((None, None, 24))
+        return layer
+
+    def _same_weights(self, implementation, like):
+        layer = self._layer(implementation)
+        layer.set_weights(like.get_weights())
+        return layer
+
+    def test_every_implementation_gives_the_same_outputs_and_gradients(self):
+        x = ops.convert_to_tensor(
+            np.random.default_rng(20).standard_normal((2, 11, 24)).astype("float32") * 3
+        )
+        weights = ops.convert_to_tensor(
+            np.random.default_rng(21).standard_normal((2, 11, 24)).astype("float32")
+        )
+        backend_layer = self._layer("backend")
+        expected_out = ops.convert_to_numpy(backend_layer(x))
+        [expected_grad] = _grads(lambda t: ops.sum(backend_layer(t) * weights), x)
+        # Blocks of 4 keys, so "per_head" runs its online softmax over three.
+        with mock.patch.object(attention, "_KEY_BLOCK", 4):
+            for implementation in ("auto", "explicit", "per_head"):
+                layer = self._same_weights(implementation, backend_layer)
+                out = ops.convert_to_numpy(layer(x))
+                [grad] = _grads(lambda t: ops.sum(layer(t) * weights), x)
+                self.assertAllClose(out, expected_out, atol=1e-5, rtol=1e-5)
+                self.assertAllClose(grad, expected_grad, atol=1e-4, rtol=1e-4)
+
+    def test_a_key_mask_takes_the_masked_path_whatever_the_choice(self):
+        x = np.random.default_rng(22).standard_normal((2, 9, 24)).astype("float32")
+        mask = np.array([[1] * 6 + [0] * 3, [1] * 9], "int32")
+        backend_layer = self._layer("backend")
+        expected = backend_layer(x, key_mask=mask)
+        for implementation in ("explicit", "per_head"):
+            layer = self._same_weights(implementation, backend_layer)
+            self.assertAllClose(layer(x, key_mask=mask), expected, atol=1e-5, rtol=1e-5)
+
+    def test_a_chosen_path_is_taken_whatever_the_length(self):
+        x = np.random.default_rng(23).standard_normal((2, 9, 24)).astype("float32")
+        spies = {
+            "explicit": mock.patch.object(
+                attention, "_explicit_attention", wraps=attention._explicit_attention
+            ),
+            "per_head": mock.patch.object(
+                attention, "_attention_per_head", wraps=attention._attention_per_head
+            ),
+        }
+        for chosen in ("explicit", "per_head", "backend"):
+            layer = self._layer(chosen)
+            with spies["explicit"] as explicit, spies["per_head"] as per_head:
+                layer(x)
+                # Nine tokens are below `_PER_HEAD_MIN_TOKENS`; the choice
+                # overrides the length rule. (On TensorFlow the per-head
+                # function runs inside the XLA calls' first trace.)
+                self.assertEqual(explicit.call_count > 0, chosen == "explicit")
+                if chosen != "per_head" or keras.config.backend() != "tensorflow":
+                    self.assertEqual(per_head.call_count > 0, chosen == "per_head")
+
+    def test_auto_keeps_the_measured_rules(self):
+        x = np.random.default_rng(24).standard_normal((2, 9, 24)).astype("float32")
+        layer = self._layer("auto")
+        with mock.patch.object(
+            attention, "_explicit_attention", wraps=attention._explicit_attention
+        ) as explicit:
+            layer(x)
+            self.assertEqual(explicit.call_count > 0, attention.explicit_attention_is_faster())
+        if attention.per_head_attention_is_faster():
+            qkv = layer.qkv(x)
+            self.assertEqual(layer._unmasked_path(qkv), "backend")  # 9 tokens
+            with mock.patch.object(attention, "_PER_HEAD_MIN_TOKENS", 9):
+                self.assertEqual(layer._unmasked_path(qkv), "per_head")
+
+    def test_an_unknown_implementation_is_refused_by_name(self):
+        with self.assertRaisesRegex(ValueError, "'flash'.*|.*'flash'"):
+            attention.TIPSv2Attention(24, 3, implementation="flash")
+        from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+        from tests.conftest import tiny_backbone_kwargs
+
+        with self.assertRaisesRegex(ValueError, "auto.*backend.*explicit.*per_head"):
+            TIPSv2Backbone(**tiny_backbone_kwargs(vision_attention_implementation="eager"))
+
+    def test_the_backbone_passes_the_choice_to_every_image_block(self):
+        from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+        from tests.conftest import tiny_backbone_kwargs
+
+        auto = TIPSv2Backbone(**tiny_backbone_kwargs())
+        images = np.random.default_rng(25).random((2, 56, 56, 3)).astype("float32")
+        expected = auto.encode_images(images)
+        for implementation in ("backend", "explicit", "per_head"):
+            backbone = TIPSv2Backbone(
+                **tiny_backbone_kwargs(vision_attention_implementation=implementation)
+            )
+            backbone.set_weights(auto.get_weights())
+            blocks = backbone.vision_encoder.blocks
+            self.assertEqual(
+                {b.attention.implementation for b in blocks}, {implementation}
+            )
+            # A runtime choice that survives the config, e.g. into presets.
+            config = backbone.get_config()
+            self.assertEqual(config["vision_attention_implementation"], implementation)
+            restored = TIPSv2Backbone.from_config(config)
+            self.assertEqual(
+                restored.vision_encoder.blocks[0].attention.implementation, implementation
+            )
+            got = backbone.encode_images(images)
+            for key in ("cls_tokens", "patch_tokens"):
+                self.assertAllClose(got[key], expected[key], atol=1e-5, rtol=1e-5)

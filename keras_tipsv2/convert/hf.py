@@ -148,13 +148,15 @@ def read_hf_dir(directory):
     return read_hf(config, open_safetensors(directory), source=directory)
 
 
-def backbone_from_hf(config, state_dict, dtype=None):
+def backbone_from_hf(config, state_dict, dtype=None, **overrides):
     """A loaded `TIPSv2Backbone` from a transformers config dict and state dict.
 
-    `state_dict` values may be numpy arrays or CPU torch tensors.
+    `state_dict` values may be numpy arrays or CPU torch tensors. Keyword
+    arguments override the backbone config read from `config` (e.g.
+    `vision_attention_implementation`).
     """
     arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
-    return backbone_from_checkpoint(read_hf(config, arrays), dtype=dtype)
+    return backbone_from_checkpoint(read_hf(config, arrays), dtype=dtype, **overrides)
 
 
 def _to_numpy(value):

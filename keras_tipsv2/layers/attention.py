@@ -6,6 +6,9 @@ from keras import ops
 
 from keras_tipsv2.layers.fused_dense import FusedBiasDense
 
+# How unmasked attention runs (`TIPSv2Attention(implementation=...)`).
+IMPLEMENTATIONS = ("auto", "backend", "explicit", "per_head")
+
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
 class TIPSv2Attention(keras.layers.Layer):
@@ -18,6 +21,25 @@ class TIPSv2Attention(keras.layers.Layer):
     Args:
         hidden_dim: model width D.
         num_heads: number of heads H; `hidden_dim` must divide by it.
+        implementation: how unmasked attention is computed; every choice
+            gives the same numbers up to float rounding, and masked
+            attention (the text tower) always takes the masked path.
+            - "auto" (default): the fastest measured on this backend and
+              device: "per_head" for TensorFlow on CPU from
+              `_PER_HEAD_MIN_TOKENS` tokens, "explicit" for float32 JAX on
+              CPU, otherwise "backend".
+            - "backend": the backend's fused kernel,
+              `ops.dot_product_attention` (flash attention on GPU / TPU);
+              on torch the same `scaled_dot_product_attention` on strided
+              views (`_torch_attention`).
+            - "explicit": `_explicit_attention`, the whole batch's logits
+              as einsums, in the inputs' dtype.
+            - "per_head": a few (batch, head) pairs at a time, keys in
+              blocks with an online softmax (`_attend_groups`); on
+              TensorFlow as XLA calls shared out over the cores.
+            The choice is for comparing and for the devices "auto" has no
+            measurement of; benchmarks/bench_inference.py `--attention`
+            times them against each other.
         dtype: dtype policy.
 
     Call arguments:
@@ -31,7 +53,7 @@ class TIPSv2Attention(keras.layers.Layer):
             vector through the output projection.
     """
 
-    def __init__(self, hidden_dim, num_heads, **kwargs):
+    def __init__(self, hidden_dim, num_heads, implementation="auto", **kwargs):
         super().__init__(**kwargs)
         if hidden_dim % num_heads:
             raise ValueError(
@@ -39,6 +61,7 @@ class TIPSv2Attention(keras.layers.Layer):
             )
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
+        self.implementation = checked_implementation(implementation)
         self.head_dim = hidden_dim // num_heads
         self.qkv = FusedBiasDense(
             3 * hidden_dim, dtype=self.dtype_policy, name="qkv"
@@ -59,19 +82,15 @@ class TIPSv2Attention(keras.layers.Layer):
     def call(self, inputs, key_mask=None, values_only=False):
         qkv = self.qkv(inputs)
         scale = self.head_dim**-0.5
-        if (
-            key_mask is None
-            and not values_only
-            and per_head_attention_is_faster()
-            and not isinstance(qkv, keras.KerasTensor)
-            and _long_enough_for_per_head(qkv)
-        ):
-            return self.proj(_xla_attention_per_head(self.num_heads, scale)(qkv))
+        unmasked = key_mask is None and not values_only
+        path = self._unmasked_path(qkv) if unmasked else None
+        if path == "per_head":
+            return self.proj(_per_head_attention(qkv, self.num_heads, scale))
         q, k, v = ops.split(qkv, 3, axis=-1)
         if values_only:
             return self.proj(v)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        if keras.config.backend() == "torch":
+        if keras.config.backend() == "torch" and path != "explicit":
             out = _torch_attention(q, k, v, scale, key_mask)
         elif key_mask is not None:
             logits = ops.einsum("bqhd,bkhd->bhqk", q * scale, k)
@@ -81,10 +100,7 @@ class TIPSv2Attention(keras.layers.Layer):
             )
             weights = ops.softmax(logits, axis=-1)
             out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
-        elif (
-            explicit_attention_is_faster()
-            and keras.backend.standardize_dtype(q.dtype) == "float32"
-        ):
+        elif path == "explicit":
             out = _explicit_attention(q, k, v, scale)
         else:
             # Let the backend pick its fused kernel (flash attention on
@@ -94,13 +110,54 @@ class TIPSv2Attention(keras.layers.Layer):
         out = ops.reshape(out, (shape[0], shape[1], self.hidden_dim))
         return self.proj(out)
 
+    def _unmasked_path(self, qkv):
+        """"backend", "explicit" or "per_head" for this call's qkv."""
+        if isinstance(qkv, keras.KerasTensor):
+            # Symbolic construction only needs the output's shape.
+            return "backend"
+        if self.implementation != "auto":
+            return self.implementation
+        if per_head_attention_is_faster() and _long_enough_for_per_head(qkv):
+            return "per_head"
+        if explicit_attention_is_faster() and (
+            keras.backend.standardize_dtype(qkv.dtype) == "float32"
+        ):
+            return "explicit"
+        return "backend"
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update({"hidden_dim": self.hidden_dim, "num_heads": self.num_heads})
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "implementation": self.implementation,
+            }
+        )
         return config
+
+
+def checked_implementation(implementation):
+    """`implementation` if it is one of `IMPLEMENTATIONS`, else a ValueError."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"attention implementation must be one of {IMPLEMENTATIONS}; "
+            f"got {implementation!r}."
+        )
+    return implementation
+
+
+def _per_head_attention(qkv, num_heads, scale):
+    """(B, N, D) attention of a packed qkv by `_attention_per_head`: as XLA
+    calls shared out over the cores on TensorFlow (`_xla_attention_per_head`),
+    traced into the caller's computation elsewhere (one loop, which JAX and
+    torch differentiate themselves)."""
+    if keras.config.backend() == "tensorflow":
+        return _xla_attention_per_head(num_heads, scale)(qkv)
+    return _attention_per_head(qkv, num_heads, scale)
 
 
 @functools.cache

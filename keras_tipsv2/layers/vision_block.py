@@ -105,6 +105,8 @@ class TIPSv2VisionBlock(keras.layers.Layer):
             starts as its own patch embedding and mixing grows as learned.
         drop_path_rate: stochastic depth rate, used only when training.
         layer_norm_epsilon: 1e-6 in both references.
+        attention_implementation: `TIPSv2Attention`'s `implementation`
+            ("auto", "backend", "explicit" or "per_head").
 
     Call arguments:
         inputs: (B, N, D).
@@ -124,6 +126,7 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         layer_scale_init=1.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
+        attention_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -135,12 +138,17 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.attention_implementation = attention_implementation
         policy = self.dtype_policy
         self.norm1 = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
         )
         self.attention = TIPSv2Attention(
-            hidden_dim, num_heads, dtype=policy, name="attention"
+            hidden_dim,
+            num_heads,
+            implementation=attention_implementation,
+            dtype=policy,
+            name="attention",
         )
         self.norm2 = TIPSv2LayerNorm(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
@@ -192,6 +200,7 @@ class TIPSv2VisionBlock(keras.layers.Layer):
                 "layer_scale_init": self.layer_scale_init,
                 "drop_path_rate": self.drop_path_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "attention_implementation": self.attention_implementation,
             }
         )
         return config

@@ -36,6 +36,10 @@ class TIPSv2Backbone(Backbone):
             number, or a list with one per block (e.g. near zero except the
             last block, whose value path the TIPS protocol reads).
         vision_drop_path_rate: stochastic depth for training.
+        vision_attention_implementation: how the image tower's attention
+            runs: "auto" (the fastest measured on this backend and device),
+            "backend", "explicit" or "per_head" (`TIPSv2Attention`). Same
+            numbers up to float rounding; a runtime choice, not a weight.
         text_vocabulary_size: 32000.
         text_hidden_dim, text_num_layers, text_num_heads,
         text_intermediate_dim: text tower shape (27 layers for So400m).
@@ -73,6 +77,7 @@ class TIPSv2Backbone(Backbone):
         vision_layer_scale=False,
         vision_layer_scale_init=1.0,
         vision_drop_path_rate=0.0,
+        vision_attention_implementation="auto",
         text_vocabulary_size=32000,
         text_max_sequence_length=64,
         text_layer_norm_epsilon=1e-6,
@@ -101,6 +106,7 @@ class TIPSv2Backbone(Backbone):
             layer_scale=vision_layer_scale,
             layer_scale_init=vision_layer_scale_init,
             drop_path_rate=vision_drop_path_rate,
+            attention_implementation=vision_attention_implementation,
             dtype=dtype,
             name="vision_encoder",
         )
@@ -160,6 +166,7 @@ class TIPSv2Backbone(Backbone):
         self.vision_layer_scale = vision_layer_scale
         self.vision_layer_scale_init = vision_layer_scale_init
         self.vision_drop_path_rate = vision_drop_path_rate
+        self.vision_attention_implementation = vision_attention_implementation
         self.text_vocabulary_size = text_vocabulary_size
         self.text_hidden_dim = text_hidden_dim
         self.text_num_layers = text_num_layers
@@ -311,6 +318,7 @@ class TIPSv2Backbone(Backbone):
                     else list(self.vision_layer_scale_init)
                 ),
                 "vision_drop_path_rate": self.vision_drop_path_rate,
+                "vision_attention_implementation": self.vision_attention_implementation,
                 "text_vocabulary_size": self.text_vocabulary_size,
                 "text_hidden_dim": self.text_hidden_dim,
                 "text_num_layers": self.text_num_layers,

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_tipsv2.layers.attention import checked_implementation
 from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 from keras_tipsv2.layers.vision_block import TIPSv2VisionBlock
 from keras_tipsv2.layers.vision_embedding import TIPSv2VisionEmbedding
@@ -48,6 +49,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         layer_scale=False,
         layer_scale_init=1.0,
         drop_path_rate=0.0,
+        attention_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -63,6 +65,9 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         self.layer_scale = layer_scale
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
+        self.attention_implementation = checked_implementation(
+            attention_implementation
+        )
         block_inits = layer_scale_init_per_block(layer_scale_init, num_layers)
         policy = self.dtype_policy
         self.embedding = TIPSv2VisionEmbedding(
@@ -84,6 +89,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 # Linear stochastic-depth schedule over depth (Scenic's).
                 drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
                 layer_norm_epsilon=layer_norm_epsilon,
+                attention_implementation=attention_implementation,
                 dtype=policy,
                 name=f"block_{i}",
             )
@@ -183,6 +189,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                     else list(self.layer_scale_init)
                 ),
                 "drop_path_rate": self.drop_path_rate,
+                "attention_implementation": self.attention_implementation,
             }
         )
         return config
