@@ -61,7 +61,7 @@ class TIPSv2Attention(keras.layers.Layer):
             )
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
-        self.implementation = checked_implementation(implementation)
+        self.implementation = _checked_implementation(implementation)
         self.head_dim = hidden_dim // num_heads
         self.qkv = FusedBiasDense(
             3 * hidden_dim, dtype=self.dtype_policy, name="qkv"
@@ -140,7 +140,7 @@ class TIPSv2Attention(keras.layers.Layer):
         return config
 
 
-def checked_implementation(implementation):
+def _checked_implementation(implementation):
     """`implementation` if it is one of `IMPLEMENTATIONS`, else a ValueError."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(

@@ -1,7 +1,6 @@
 import keras
 from keras import ops
 
-from keras_tipsv2.layers.attention import checked_implementation
 from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 from keras_tipsv2.layers.vision_block import TIPSv2VisionBlock
 from keras_tipsv2.layers.vision_embedding import TIPSv2VisionEmbedding
@@ -65,9 +64,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         self.layer_scale = layer_scale
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
-        self.attention_implementation = checked_implementation(
-            attention_implementation
-        )
+        self.attention_implementation = attention_implementation
         block_inits = layer_scale_init_per_block(layer_scale_init, num_layers)
         policy = self.dtype_policy
         self.embedding = TIPSv2VisionEmbedding(
