@@ -1,4 +1,7 @@
+import numbers
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -9,18 +12,47 @@ def resize_position_grid(grid, height, width):
     references do (`jax.image.resize` in Scenic, `F.interpolate(...,
     antialias=True)` in PyTorch). Computed in float32, then cast back. At the
     native grid the table is returned unchanged, so 448 px is exact.
+
+    The resize is two matmuls with fixed weights (`bilinear_resize_weights`),
+    the same numbers as `ops.image.resize` to float rounding. TensorFlow's
+    antialiased resize (ScaleAndTranslate) has no XLA kernel, so this is what
+    lets the image tower compile under XLA at every input size
+    (`compiled_call`). The weights need the output size when the graph is
+    traced, as `ops.image.resize` does.
     """
-    if isinstance(height, int) and isinstance(width, int):
-        if grid.shape[1] == height and grid.shape[2] == width:
-            return grid
-    resized = ops.image.resize(
+    if not all(isinstance(s, numbers.Integral) for s in (height, width)):
+        raise ValueError(
+            "The position table is resized to the patch grid, which must be "
+            f"known when the graph is traced; got a grid of {(height, width)}. "
+            "Trace with a fixed image height and width."
+        )
+    grid_h, grid_w = grid.shape[1], grid.shape[2]
+    if grid_h == height and grid_w == width:
+        return grid
+    resized = ops.einsum(
+        "yi,bijd,xj->byxd",
+        bilinear_resize_weights(grid_h, int(height)),
         ops.cast(grid, "float32"),
-        (height, width),
-        interpolation="bilinear",
-        antialias=True,
-        data_format="channels_last",
+        bilinear_resize_weights(grid_w, int(width)),
     )
     return ops.cast(resized, grid.dtype)
+
+
+def bilinear_resize_weights(in_size, out_size):
+    """(out_size, in_size) float32 weights of an antialiased bilinear resize.
+
+    Output i samples the input at (i + 1/2) * in/out - 1/2 (half-pixel
+    centres) with a triangle kernel, widened by in/out when shrinking
+    (antialiasing); each row is normalised to sum to 1, which at the borders
+    is the clamp-to-edge of plain bilinear. This is the kernel of
+    `jax.image.scale_and_translate`, TensorFlow's ScaleAndTranslate and
+    torch's antialiased `interpolate`.
+    """
+    stretch = max(in_size / out_size, 1.0)
+    centres = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    distance = (centres[:, None] - np.arange(in_size)[None, :]) / stretch
+    weights = np.maximum(0.0, 1.0 - np.abs(distance))
+    return (weights / weights.sum(axis=1, keepdims=True)).astype("float32")
 
 
 def centre_pad_to_multiple(images, multiple):
