@@ -1,4 +1,4 @@
-"""TIPSv2Attention's backend-specific paths: the explicit softmax (JAX CPUs)
+"""TIPSv2Attention's backend-specific paths: the explicit softmax (XLA on CPUs)
 and the copy-free torch kernel call, each against `ops.dot_product_attention`."""
 
 from unittest import mock
@@ -42,11 +42,14 @@ class ExplicitAttentionTest(TestCase):
         for got, expected in zip(_grads(explicit, q, k, v), _grads(fused, q, k, v)):
             self.assertAllClose(got, expected, atol=1e-4, rtol=1e-4)
 
-    def test_only_jax_on_cpu_takes_the_explicit_path(self):
-        expected = keras.config.backend() == "jax" and all(
+    def test_only_xla_on_cpu_takes_the_explicit_path(self):
+        expected = keras.config.backend() in ("jax", "tensorflow") and all(
             d.lower().startswith("cpu") for d in keras.distribution.list_devices()
         )
         self.assertEqual(attention.explicit_attention_is_faster(), expected)
+        # Every JAX call is compiled by XLA; TensorFlow's only under
+        # jit_compile (TensorFlowPerHeadAttentionTest), torch's never.
+        self.assertEqual(attention._compiled_by_xla(), keras.config.backend() == "jax")
 
     def test_layer_output_does_not_depend_on_the_path(self):
         layer = attention.TIPSv2Attention(24, 3)
@@ -359,14 +362,35 @@ class TensorFlowPerHeadAttentionTest(TestCase):
                 out = layer(x)
                 self.assertEqual(calls.call_count, 1)
             self.assertAllClose(out, expected, atol=1e-5, rtol=1e-5)
-            # In a graph of its own, and inlined into an outer XLA compile.
-            for jit_compile in (False, True):
-                model = keras.Sequential([keras.Input((9, 24)), layer])
+            # In a graph of its own ("auto"), and, when chosen, inlined into
+            # an outer XLA compile (where "auto" takes the explicit path).
+            chosen = attention.TIPSv2Attention(24, 3, implementation="per_head")
+            for jit_compile, attending in ((False, layer), (True, chosen)):
+                model = keras.Sequential([keras.Input((9, 24)), attending])
                 model.compile(optimizer="sgd", loss="mse", jit_compile=jit_compile)
                 with spy as calls:
                     history = model.fit(x, np.zeros_like(x), epochs=2, verbose=0)
                     self.assertGreater(calls.call_count, 0)
                 self.assertTrue(np.isfinite(history.history["loss"]).all())
+
+    def test_auto_takes_the_explicit_path_under_xla(self):
+        import tensorflow as tf
+
+        layer = attention.TIPSv2Attention(24, 3)
+        x = tf.constant(np.random.default_rng(14).standard_normal((2, 9, 24)), tf.float32)
+        expected = layer(x)
+        paths = {}
+
+        def path_of(t):
+            paths[len(paths)] = layer._unmasked_path(layer.qkv(t))
+            return layer(t)
+
+        with mock.patch.object(attention, "_PER_HEAD_MIN_TOKENS", 9):
+            graph = tf.function(path_of)(x)
+            compiled = tf.function(path_of, jit_compile=True)(x)
+        self.assertEqual(paths, {0: "per_head", 1: "explicit"})
+        self.assertAllClose(graph, expected, atol=1e-5, rtol=1e-5)
+        self.assertAllClose(compiled, expected, atol=1e-5, rtol=1e-5)
 
 
 class AttentionImplementationTest(TestCase):
@@ -439,7 +463,10 @@ class AttentionImplementationTest(TestCase):
             attention, "_explicit_attention", wraps=attention._explicit_attention
         ) as explicit:
             layer(x)
-            self.assertEqual(explicit.call_count > 0, attention.explicit_attention_is_faster())
+            self.assertEqual(
+                explicit.call_count > 0,
+                attention.explicit_attention_is_faster() and attention._compiled_by_xla(),
+            )
         if attention.per_head_attention_is_faster():
             qkv = layer.qkv(x)
             self.assertEqual(layer._unmasked_path(qkv), "backend")  # 9 tokens

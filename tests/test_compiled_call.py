@@ -11,6 +11,7 @@ from keras_tipsv2.layers import compiled_call
 from tests.conftest import tiny_backbone_kwargs
 
 jax_only = pytest.mark.skipif(keras.config.backend() != "jax", reason="JAX's compiler options")
+tf_only = pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="TensorFlow's jit_compile")
 
 
 def test_encode_images_matches_the_plain_image_tower(rng):
@@ -31,6 +32,31 @@ def test_encode_text_matches_the_plain_text_tower():
     compiled = backbone.encode_text(ids, mask)
     plain = backbone.text_encoder(ops.convert_to_tensor(ids), ops.convert_to_tensor(mask))
     np.testing.assert_allclose(ops.convert_to_numpy(compiled), ops.convert_to_numpy(plain), atol=1e-5)
+
+
+@tf_only
+def test_tensorflow_compiles_the_image_calls_with_xla_and_text_as_a_graph(rng):
+    from unittest import mock
+
+    from keras_tipsv2.layers import attention
+
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    images = rng.random((2, 28, 42, 3)).astype("float32")
+    with mock.patch.object(
+        attention, "_explicit_attention", wraps=attention._explicit_attention
+    ) as explicit:
+        backbone.encode_images(images)
+        backbone.get_intermediate_layers(images, [0])
+    backbone.encode_text(np.array([[5, 9, 0]], "int32"), np.array([[1, 1, 0]], "int32"))
+    vision = backbone.vision_encoder.__dict__[compiled_call._CACHE_ATTRIBUTE]
+    text = backbone.text_encoder.__dict__[compiled_call._CACHE_ATTRIBUTE]
+    assert {key[0]: f._jit_compile for key, f in vision.items()} == {
+        "encode_images": True,
+        "get_intermediate_layers": True,
+    }
+    assert [f._jit_compile for f in text.values()] == [False]
+    # Under XLA on CPU "auto" attention is the explicit one, in both calls.
+    assert (explicit.call_count > 0) == attention.explicit_attention_is_faster()
 
 
 def _compiled_hlo(jitted_lowering):

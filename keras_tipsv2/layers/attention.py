@@ -26,8 +26,10 @@ class TIPSv2Attention(keras.layers.Layer):
             attention (the text tower) always takes the masked path.
             - "auto" (default): the fastest measured on this backend and
               device: "per_head" for TensorFlow on CPU from
-              `_PER_HEAD_MIN_TOKENS` tokens, "explicit" for float32 JAX on
-              CPU, otherwise "backend".
+              `_PER_HEAD_MIN_TOKENS` tokens in a graph, "explicit" for
+              float32 on CPU wherever XLA compiles the call (JAX, and
+              TensorFlow under `jit_compile`, as the public image calls
+              run), otherwise "backend".
             - "backend": the backend's fused kernel,
               `ops.dot_product_attention` (flash attention on GPU / TPU);
               on torch the same `scaled_dot_product_attention` on strided
@@ -117,12 +119,14 @@ class TIPSv2Attention(keras.layers.Layer):
             return "backend"
         if self.implementation != "auto":
             return self.implementation
-        if per_head_attention_is_faster() and _long_enough_for_per_head(qkv):
-            return "per_head"
-        if explicit_attention_is_faster() and (
-            keras.backend.standardize_dtype(qkv.dtype) == "float32"
+        if (
+            explicit_attention_is_faster()
+            and _compiled_by_xla()
+            and keras.backend.standardize_dtype(qkv.dtype) == "float32"
         ):
             return "explicit"
+        if per_head_attention_is_faster() and _long_enough_for_per_head(qkv):
+            return "per_head"
         return "backend"
 
     def compute_output_shape(self, input_shape):
@@ -165,7 +169,9 @@ def per_head_attention_is_faster():
     """Whether unmasked attention should run `_attention_per_head` under XLA.
 
     True for TensorFlow on CPU only, and there for sequences of at least
-    `_PER_HEAD_MIN_TOKENS`. `ops.dot_product_attention` there runs
+    `_PER_HEAD_MIN_TOKENS` in a graph; a float32 call that XLA compiles
+    takes `explicit_attention_is_faster`'s path instead.
+    `ops.dot_product_attention` in a graph runs
     the whole batch's logits, softmax and weights through memory as
     separate graph ops; a few (batch, head) pairs at a time under XLA keep
     their logits in cache, and one XLA call per core, each on its own heads
@@ -285,23 +291,43 @@ def _cpu_only():
 
 @functools.cache
 def explicit_attention_is_faster():
-    """Whether unmasked attention should skip `ops.dot_product_attention`.
+    """Whether unmasked attention under XLA should skip `ops.dot_product_attention`.
 
-    True for JAX on CPU only. Measured there (benchmarks/RESULTS.md, B/14,
-    batch 8, 1,026 tokens): XLA:CPU compiles `ops.dot_product_attention`'s
-    logits matmul, max, exp and sum into one slow dot fusion, 1.13 s per
-    layer against 0.76 s for `_explicit_attention`, and the whole tower ran
-    17.3 s -> 14.1 s. With YNNPACK's dots off (as the public calls compile
-    on JAX/CPU, `compiled_call.jax_compiler_options`) it still wins at
-    1,026 tokens (tower 11.1 vs 12.2 s) and is within noise of the fused
-    op at 258 (2.21 vs 2.12 s), so one rule serves both.
-    On TensorFlow and torch CPUs the backend kernel is faster (0.39 vs
-    0.43 s, 0.43 vs 0.85 s), and on GPU / TPU it is flash attention, so
-    they keep it. Decided once per process from the backend's devices.
-    Only float32 takes this path: the backend kernels keep a float32
-    softmax for half-precision inputs.
+    True for JAX and TensorFlow on CPU; "auto" takes `_explicit_attention`
+    where this holds and XLA compiles the call (`_compiled_by_xla`), for
+    float32. Measured on JAX (benchmarks/RESULTS.md, B/14, batch 8, 1,026
+    tokens): XLA:CPU compiles `ops.dot_product_attention`'s logits matmul,
+    max, exp and sum into one slow dot fusion, 1.13 s per layer against
+    0.76 s for `_explicit_attention`, and the whole tower ran 17.3 s ->
+    14.1 s. With YNNPACK's dots off (as the public calls compile on
+    JAX/CPU, `compiled_call.jax_compiler_options`) it still wins at 1,026
+    tokens (tower 11.1 vs 12.2 s) and is within noise of the fused op at
+    258 (2.21 vs 2.12 s), so one rule serves both. TensorFlow's image tower
+    under `jit_compile` on two Zen 3 cores, B/14 batch 8 at 448 px: 15.1 s
+    with it against 16.6 s with the per-head XLA calls (the graph's rule,
+    `per_head_attention_is_faster`), level at 224 px (2.88 vs 2.93 s).
+    In a TensorFlow graph outside XLA it is the slowest choice (21.7 vs
+    17.1 s), and torch's kernel is faster than it (0.43 vs 0.85 s); GPUs and
+    TPUs run flash attention. Decided once per process from the backend's
+    devices. Only float32 takes this path: the backend kernels keep a
+    float32 softmax for half-precision inputs.
     """
-    return keras.config.backend() == "jax" and _cpu_only()
+    return keras.config.backend() in ("jax", "tensorflow") and _cpu_only()
+
+
+def _compiled_by_xla():
+    """Whether the call being traced is compiled by XLA: always on JAX; on
+    TensorFlow inside a `tf.function(jit_compile=True)` (also nested)."""
+    backend = keras.config.backend()
+    if backend != "tensorflow":
+        return backend == "jax"
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # Moved in a later TensorFlow: keep the graph's rule.
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 # The most float32 logits one loop step of `_attend_groups` holds (pairs x

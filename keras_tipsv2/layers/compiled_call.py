@@ -20,7 +20,8 @@ speed-up demands it:
   through a `StatelessScope` (the same mechanism `Layer.stateless_call`
   uses), so updated weights are always read. On CPU it is compiled with
   XLA's YNNPACK dot fusions off (`jax_compiler_options`).
-- TensorFlow: `tf.function`, traced per shape.
+- TensorFlow: `tf.function`, traced per shape; the image tower's calls
+  under XLA (`jit_compile`), the text tower's as a graph.
 - torch: eager is torch's native mode; nothing is compiled.
 
 The compiled path is only taken for eager, concrete inputs at inference:
@@ -59,7 +60,7 @@ def can_compile(*tensors):
     return False
 
 
-def compiled_call(layer, key, fn, *tensors):
+def compiled_call(layer, key, fn, *tensors, xla=False):
     """Runs `fn(*tensors)` compiled, reusing one compiled function per `key`.
 
     Args:
@@ -68,8 +69,13 @@ def compiled_call(layer, key, fn, *tensors):
             name, values_trick, indices, whether masks are given).
         fn: a pure function of `tensors` (None entries allowed).
         tensors: the tensor arguments, traced per shape.
+        xla: on TensorFlow, compile the graph with XLA (`jit_compile`);
+            JAX always does. For the image tower: with the attention that
+            XLA suits (`attention.explicit_attention_is_faster`) B/14 at
+            448 px ran 15.1 s against 16.6 s as a graph (two Zen 3 cores,
+            benchmarks/RESULTS.md).
     """
-    return _cached(layer, key, lambda: _compile(layer, fn))(*tensors)
+    return _cached(layer, key, lambda: _compile(layer, fn, xla))(*tensors)
 
 
 def compiled_function(owner, key, fn, *tensors):
@@ -126,15 +132,16 @@ def inference_scope():
     return contextlib.nullcontext()
 
 
-def _compile(layer, fn):
-    """`fn` compiled the backend's way; `layer` (or None) owns what it reads."""
+def _compile(layer, fn, xla=False):
+    """`fn` compiled the backend's way; `layer` (or None) owns what it reads;
+    `xla` compiles TensorFlow's graph with XLA."""
     backend = keras.config.backend()
     if backend == "jax":
         return _jax_function(layer, fn)
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn)
+        return tf.function(fn, jit_compile=xla)
     return fn
 
 
