@@ -34,9 +34,8 @@ BACKEND = keras.config.backend()
 def compiled(layer, torch_compile=False, tf_xla=False):
     """`layer`'s forward compiled the way its backend does best, as fn(*args).
 
-    TensorFlow: a plain `tf.function` (graph + oneDNN) unless `tf_xla`; XLA
-    cannot compile the antialiased position-table resize (ScaleAndTranslate)
-    that every size but 448 px needs.
+    TensorFlow: a plain `tf.function` (graph + oneDNN) unless `tf_xla`
+    (XLA, as `encode_images` compiles the image tower).
     """
     if BACKEND == "jax":
         import jax
@@ -247,7 +246,7 @@ def main():
     parser.add_argument("--skip-dinov2", action="store_true")
     parser.add_argument("--skip-public", action="store_true", help="skip predict and segmentation")
     parser.add_argument("--torch-compile", action="store_true", help="torch backend: torch.compile the towers")
-    parser.add_argument("--tf-xla", action="store_true", help="tensorflow backend: jit_compile=True (fails below 448 px)")
+    parser.add_argument("--tf-xla", action="store_true", help="tensorflow backend: jit_compile=True")
     parser.add_argument("--torch-unfused-rows", action="store_true", help="torch backend: also time encode_images with Keras's Dense (bias added after the matmul)")
     parser.add_argument("--torch-grad-rows", action="store_true", help="torch backend: also time encode_images with autograd recording")
     parser.add_argument(
