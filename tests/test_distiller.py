@@ -73,6 +73,20 @@ def test_fit_lowers_the_distillation_loss(distilled):
     assert loss[-1] < 0.6 * loss[0], loss
 
 
+@pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="TensorFlow's jit_compile")
+def test_a_resizing_step_compiles_under_xla():
+    # A teacher at another size resizes the images and its patch grid
+    # inside the step; TensorFlow's antialiased resize has no XLA kernel,
+    # and `fit` compiles with XLA on GPUs by default.
+    model = TIPSv2Distiller(
+        tiny_teacher(), tiny_student(), mode="features", teacher_image_size=56, seed=0
+    )
+    model.compile(optimizer="sgd", jit_compile=True)
+    data = tf.data.Dataset.from_tensors(make_batch()).repeat()
+    history = model.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
 def test_student_patch_features_move_toward_the_teachers(distilled):
     records = distilled[1]
     before, after = records["cosine_before"], records["cosine_after"]

@@ -7,6 +7,7 @@ import pytest
 from keras import ops
 
 from keras_tipsv2.layers.vision_embedding import (
+    antialiased_resize,
     bilinear_resize_weights,
     resize_position_grid,
 )
@@ -37,6 +38,16 @@ def test_equals_the_backends_antialiased_bilinear_resize(size):
         ops.convert_to_numpy(_backend_resize(grid, *size)),
         atol=2e-5,
     )
+
+
+def test_images_resize_as_the_backends_resize():
+    images = np.random.default_rng(3).random((2, 28, 42, 3)).astype("float32")
+    for size in ((56, 56), (14, 21)):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(antialiased_resize(images, *size)),
+            ops.convert_to_numpy(_backend_resize(images, *size)),
+            atol=2e-6,
+        )
 
 
 def test_the_native_grid_is_returned_unchanged():

@@ -15,6 +15,7 @@ from keras_tipsv2.layers.vision_block import (
 )
 from keras_tipsv2.layers.vision_embedding import (
     TIPSv2VisionEmbedding,
+    antialiased_resize,
     centre_pad_to_multiple,
     resize_position_grid,
 )

@@ -26,16 +26,29 @@ def resize_position_grid(grid, height, width):
             f"known when the graph is traced; got a grid of {(height, width)}. "
             "Trace with a fixed image height and width."
         )
-    grid_h, grid_w = grid.shape[1], grid.shape[2]
-    if grid_h == height and grid_w == width:
-        return grid
+    return antialiased_resize(grid, int(height), int(width))
+
+
+def antialiased_resize(images, height, width):
+    """(B, H, W, C) -> (B, height, width, C), bilinear, antialiased when shrinking.
+
+    `ops.image.resize(..., interpolation="bilinear", antialias=True)` as two
+    matmuls with fixed weights (`bilinear_resize_weights`), in float32, cast
+    back; H and W must be static. Unlike TensorFlow's ScaleAndTranslate it
+    compiles under XLA, so it also serves train steps that `fit` compiles
+    with `jit_compile` (the distiller's teacher inputs and targets). The
+    input is returned unchanged at its own size.
+    """
+    in_h, in_w = images.shape[1], images.shape[2]
+    if (in_h, in_w) == (height, width):
+        return images
     resized = ops.einsum(
-        "yi,bijd,xj->byxd",
-        bilinear_resize_weights(grid_h, int(height)),
-        ops.cast(grid, "float32"),
-        bilinear_resize_weights(grid_w, int(width)),
+        "yi,bijc,xj->byxc",
+        bilinear_resize_weights(in_h, height),
+        ops.cast(images, "float32"),
+        bilinear_resize_weights(in_w, width),
     )
-    return ops.cast(resized, grid.dtype)
+    return ops.cast(resized, images.dtype)
 
 
 def bilinear_resize_weights(in_size, out_size):

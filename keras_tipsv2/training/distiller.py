@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_tipsv2.layers.projection_head import TIPSv2ProjectionHead
+from keras_tipsv2.layers.vision_embedding import antialiased_resize
 from keras_tipsv2.training import losses
 from keras_tipsv2.training.common import CAPTION_SAMPLINGS
 from keras_tipsv2.training.common import CENTERINGS
@@ -259,14 +260,12 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
         """Teacher CLS (B, 2, D_t) and patch tokens on the student's grid."""
         images = ops.convert_to_tensor(images, self.teacher.compute_dtype)
         size = self.teacher_image_size
-        if size is not None and tuple(images.shape[1:3]) != (size, size):
-            images = ops.image.resize(images, (size, size), interpolation="bilinear", antialias=True)
+        # `antialiased_resize`, not `ops.image.resize`: the same numbers,
+        # and it compiles under XLA (TensorFlow's `fit` on GPU).
+        if size is not None:
+            images = antialiased_resize(images, size, size)
         out = self.teacher.encode_images(images, training=False)
-        patch = out["patch_tokens"]
-        if tuple(patch.shape[1:3]) != tuple(student_grid):
-            patch = ops.image.resize(
-                patch, tuple(student_grid), interpolation="bilinear", antialias=True
-            )
+        patch = antialiased_resize(out["patch_tokens"], *student_grid)
         return ops.stop_gradient(out["cls_tokens"]), ops.stop_gradient(patch)
 
     def _student_masks(self, images):
