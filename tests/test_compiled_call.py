@@ -35,7 +35,7 @@ def test_encode_text_matches_the_plain_text_tower():
 
 
 @tf_only
-def test_tensorflow_compiles_the_image_calls_with_xla_and_text_as_a_graph(rng):
+def test_tensorflow_compiles_the_image_calls_as_the_cpu_suits_and_text_as_a_graph(rng):
     from unittest import mock
 
     from keras_tipsv2.layers import attention
@@ -50,13 +50,55 @@ def test_tensorflow_compiles_the_image_calls_with_xla_and_text_as_a_graph(rng):
     backbone.encode_text(np.array([[5, 9, 0]], "int32"), np.array([[1, 1, 0]], "int32"))
     vision = backbone.vision_encoder.__dict__[compiled_call._CACHE_ATTRIBUTE]
     text = backbone.text_encoder.__dict__[compiled_call._CACHE_ATTRIBUTE]
+    xla = compiled_call.xla_suits_the_image_tower()
     assert {key[0]: f._jit_compile for key, f in vision.items()} == {
-        "encode_images": True,
-        "get_intermediate_layers": True,
+        "encode_images": xla,
+        "get_intermediate_layers": xla,
     }
     assert [f._jit_compile for f in text.values()] == [False]
-    # Under XLA on CPU "auto" attention is the explicit one, in both calls.
-    assert (explicit.call_count > 0) == attention.explicit_attention_is_faster()
+    # Under XLA on CPU "auto" attention is the explicit one, in both calls;
+    # a plain graph never takes it.
+    assert (explicit.call_count > 0) == (xla and attention.explicit_attention_is_faster())
+
+
+@tf_only
+def test_tensorflow_image_calls_give_the_same_numbers_as_a_graph_and_under_xla(rng, monkeypatch):
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    # 240 patches: long enough for the graph's per-head attention on CPU.
+    images = rng.random((1, 210, 224, 3)).astype("float32")
+    outputs = {}
+    for xla in (False, True):
+        monkeypatch.setattr(compiled_call, "xla_suits_the_image_tower", lambda xla=xla: xla)
+        backbone.vision_encoder.__dict__.pop(compiled_call._CACHE_ATTRIBUTE, None)
+        outputs[xla] = (
+            backbone.encode_images(images),
+            backbone.get_intermediate_layers(images, [0, 1])[1],
+        )
+    for graph, compiled in zip(outputs[False], outputs[True]):
+        for key in ("cls_tokens", "patch_tokens"):
+            np.testing.assert_allclose(
+                ops.convert_to_numpy(graph[key]), ops.convert_to_numpy(compiled[key]), atol=1e-5
+            )
+
+
+@pytest.mark.parametrize(
+    "cpu_only, avx512, expected",
+    [(True, True, False), (True, False, True), (False, True, True), (False, False, True)],
+)
+def test_xla_suits_the_image_tower_except_on_avx512_cpu_hosts(monkeypatch, cpu_only, avx512, expected):
+    from keras_tipsv2.layers import attention
+
+    monkeypatch.setattr(attention, "cpu_only", lambda: cpu_only)
+    monkeypatch.setattr(compiled_call, "_cpu_has_avx512", lambda: avx512)
+    compiled_call.xla_suits_the_image_tower.cache_clear()
+    try:
+        assert compiled_call.xla_suits_the_image_tower() is expected
+    finally:
+        compiled_call.xla_suits_the_image_tower.cache_clear()
+
+
+def test_avx512_is_read_from_numpys_cpu_features():
+    assert isinstance(compiled_call._cpu_has_avx512(), bool)
 
 
 def _compiled_hlo(jitted_lowering):

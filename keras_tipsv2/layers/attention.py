@@ -190,7 +190,7 @@ def per_head_attention_is_faster():
     kernels (not measured here). Decided once per process from the
     backend's devices.
     """
-    return keras.config.backend() == "tensorflow" and _cpu_only()
+    return keras.config.backend() == "tensorflow" and cpu_only()
 
 
 # The shortest sequence that takes the per-head path. Forward and backward
@@ -284,7 +284,8 @@ def _inter_op_threads():
     return os.cpu_count() or 1
 
 
-def _cpu_only():
+def cpu_only():
+    """Whether every device the backend sees is a CPU."""
     devices = keras.distribution.list_devices()
     return bool(devices) and all(d.lower().startswith("cpu") for d in devices)
 
@@ -305,14 +306,16 @@ def explicit_attention_is_faster():
     258 (2.21 vs 2.12 s), so one rule serves both. TensorFlow's image tower
     under `jit_compile` on two Zen 3 cores, B/14 batch 8 at 448 px: 15.1 s
     with it against 16.6 s with the per-head XLA calls (the graph's rule,
-    `per_head_attention_is_faster`), level at 224 px (2.88 vs 2.93 s).
+    `per_head_attention_is_faster`), level at 224 px (2.88 vs 2.93 s); on
+    AVX-512 CPUs the graph beat both, so there the image tower's calls run
+    as a graph (`compiled_call.xla_suits_the_image_tower`).
     In a TensorFlow graph outside XLA it is the slowest choice (21.7 vs
     17.1 s), and torch's kernel is faster than it (0.43 vs 0.85 s); GPUs and
     TPUs run flash attention. Decided once per process from the backend's
     devices. Only float32 takes this path: the backend kernels keep a
     float32 softmax for half-precision inputs.
     """
-    return keras.config.backend() in ("jax", "tensorflow") and _cpu_only()
+    return keras.config.backend() in ("jax", "tensorflow") and cpu_only()
 
 
 def _compiled_by_xla():

@@ -21,7 +21,8 @@ speed-up demands it:
   uses), so updated weights are always read. On CPU it is compiled with
   XLA's YNNPACK dot fusions off (`jax_compiler_options`).
 - TensorFlow: `tf.function`, traced per shape; the image tower's calls
-  under XLA (`jit_compile`), the text tower's as a graph.
+  under XLA (`jit_compile`) where that measured faster
+  (`xla_suits_the_image_tower`), the text tower's as a graph.
 - torch: eager is torch's native mode; nothing is compiled.
 
 The compiled path is only taken for eager, concrete inputs at inference:
@@ -35,6 +36,8 @@ import contextlib
 import functools
 
 import keras
+
+from keras_tipsv2.layers import attention
 
 _CACHE_ATTRIBUTE = "_tipsv2_compiled_calls"
 # Compiled functions kept per owner by `compiled_function`.
@@ -70,10 +73,8 @@ def compiled_call(layer, key, fn, *tensors, xla=False):
         fn: a pure function of `tensors` (None entries allowed).
         tensors: the tensor arguments, traced per shape.
         xla: on TensorFlow, compile the graph with XLA (`jit_compile`);
-            JAX always does. For the image tower: with the attention that
-            XLA suits (`attention.explicit_attention_is_faster`) B/14 at
-            448 px ran 15.1 s against 16.6 s as a graph (two Zen 3 cores,
-            benchmarks/RESULTS.md).
+            JAX always does. The image tower's calls pass
+            `xla_suits_the_image_tower()`.
     """
     return _cached(layer, key, lambda: _compile(layer, fn, xla))(*tensors)
 
@@ -114,6 +115,40 @@ def _cached(owner, key, compile_fn, limit=None):
         while limit is not None and len(cache) > limit:
             cache.popitem(last=False)
     return cache[key]
+
+
+@functools.cache
+def xla_suits_the_image_tower():
+    """Whether TensorFlow should compile the image tower's public calls with XLA.
+
+    Under XLA "auto" attention is the explicit float32 softmax, in a plain
+    graph the per-head XLA calls (`attention.explicit_attention_is_faster`,
+    `attention.per_head_attention_is_faster`); which whole tower is faster
+    depends on the CPU's vector units. B/14, batch 8, float32,
+    `encode_images` as a graph against XLA, interleaved in one process
+    (benchmarks/RESULTS.md):
+    - two Zen 3 cores (AVX2): 448 px 16.6 s as a graph, 15.1 s under XLA;
+      level at 224 px (2.93 vs 2.88 s);
+    - two Zen 5 cores (AVX-512): 448 px 4.37 s as a graph, 4.66 s under
+      XLA; 224 px 0.884 vs 0.865 s (noise). The graph's matmuls are
+      oneDNN's, which use AVX-512; XLA:CPU's gained less from it.
+    So XLA everywhere except on CPU-only hosts with AVX-512. GPUs and TPUs
+    were not measured and keep XLA, which fuses what a graph runs op by op.
+    Decided once per process.
+    """
+    return not (attention.cpu_only() and _cpu_has_avx512())
+
+
+def _cpu_has_avx512():
+    """Whether this CPU has AVX-512 (Foundation), as numpy's dispatcher saw it."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return False
+    return bool(__cpu_features__.get("AVX512F", False))
 
 
 def inference_scope():

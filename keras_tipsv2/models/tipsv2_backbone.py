@@ -251,7 +251,7 @@ class TIPSv2Backbone(Backbone):
                 lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
                 images,
                 masks,
-                xla=True,
+                xla=compiled_call.xla_suits_the_image_tower(),
             )
         return self.vision_encoder(
             images, masks=masks, training=training, values_trick=values_trick
@@ -294,7 +294,7 @@ class TIPSv2Backbone(Backbone):
                 ("get_intermediate_layers", indices),
                 lambda x: self.vision_encoder.intermediate_layers(x, indices),
                 images,
-                xla=True,
+                xla=compiled_call.xla_suits_the_image_tower(),
             )
         return self.vision_encoder.intermediate_layers(images, indices)
 
