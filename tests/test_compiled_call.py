@@ -101,6 +101,31 @@ def test_avx512_is_read_from_numpys_cpu_features():
     assert isinstance(compiled_call._cpu_has_avx512(), bool)
 
 
+@jax_only
+def test_jax_compiled_inference_takes_per_head_attention_on_cpu_and_train_traces_do_not(rng):
+    from unittest import mock
+
+    import jax
+
+    from keras_tipsv2.layers import attention
+
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    # 240 patches: long enough for the per-head path.
+    images = rng.random((1, 210, 224, 3)).astype("float32")
+    plain = jax.jit(lambda x: backbone.vision_encoder(x))
+    with mock.patch.object(
+        attention, "_attention_per_head", wraps=attention._attention_per_head
+    ) as per_head:
+        expected = plain(images)
+        assert per_head.call_count == 0
+        got = backbone.encode_images(images)
+    assert (per_head.call_count > 0) == attention.per_head_suits_jax_inference()
+    for key in ("cls_tokens", "patch_tokens"):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(got[key]), ops.convert_to_numpy(expected[key]), atol=1e-5
+        )
+
+
 def _compiled_hlo(jitted_lowering):
     return jitted_lowering.compile().as_text().lower()
 

@@ -1,3 +1,5 @@
+import contextlib
+import contextvars
 import functools
 import os
 
@@ -25,11 +27,12 @@ class TIPSv2Attention(keras.layers.Layer):
             gives the same numbers up to float rounding, and masked
             attention (the text tower) always takes the masked path.
             - "auto" (default): the fastest measured on this backend and
-              device: "per_head" for TensorFlow on CPU from
-              `_PER_HEAD_MIN_TOKENS` tokens in a graph, "explicit" for
-              float32 on CPU wherever XLA compiles the call (JAX, and
-              TensorFlow under `jit_compile`, as the public image calls
-              run), otherwise "backend".
+              device: "per_head" from `_PER_HEAD_MIN_TOKENS` tokens for
+              TensorFlow on CPU in a graph and for float32 in the public
+              calls' compiled inference on JAX/CPU
+              (`per_head_suits_jax_inference`), "explicit" for float32 on
+              CPU wherever else XLA compiles the call (JAX train steps,
+              TensorFlow under `jit_compile`), otherwise "backend".
             - "backend": the backend's fused kernel,
               `ops.dot_product_attention` (flash attention on GPU / TPU);
               on torch the same `scaled_dot_product_attention` on strided
@@ -119,11 +122,15 @@ class TIPSv2Attention(keras.layers.Layer):
             return "backend"
         if self.implementation != "auto":
             return self.implementation
+        float32 = keras.backend.standardize_dtype(qkv.dtype) == "float32"
         if (
-            explicit_attention_is_faster()
-            and _compiled_by_xla()
-            and keras.backend.standardize_dtype(qkv.dtype) == "float32"
+            float32
+            and _COMPILED_INFERENCE.get()
+            and per_head_suits_jax_inference()
+            and _long_enough_for_per_head(qkv)
         ):
+            return "per_head"
+        if explicit_attention_is_faster() and _compiled_by_xla() and float32:
             return "explicit"
         if per_head_attention_is_faster() and _long_enough_for_per_head(qkv):
             return "per_head"
@@ -184,13 +191,47 @@ def per_head_attention_is_faster():
     same runs. At 257 tokens 39-50 -> 24-26 ms (torch 18-22). These ran
     interleaved in one process; the host's speed drifts ~10 % between runs.
     The one-call version on JAX ran 456 vs 624 ms alone but was no faster
-    inside the jitted tower (2.97 vs 2.94 s at 224 px, 14.5 vs 14.8 s at
-    448), nor was the grouped, key-blocked one (2.51 vs 2.57 s, 13.43 vs
-    13.55 s), so JAX keeps `_explicit_attention`. GPUs keep the backends' own
+    inside the jitted tower on Zen 3 (2.97 vs 2.94 s at 224 px, 14.5 vs
+    14.8 s at 448), nor was the grouped, key-blocked one (2.51 vs 2.57 s,
+    13.43 vs 13.55 s); on Zen 5 the grouped one is 7-8 % faster at 448 px,
+    so JAX's compiled inference takes it (`per_head_suits_jax_inference`).
+    GPUs keep the backends' own
     kernels (not measured here). Decided once per process from the
     backend's devices.
     """
     return keras.config.backend() == "tensorflow" and cpu_only()
+
+
+@functools.cache
+def per_head_suits_jax_inference():
+    """Whether "auto" takes `_attention_per_head` in JAX/CPU compiled inference.
+
+    True for JAX on CPU; the public calls' compiled functions trace under
+    `compiled_inference()`, train steps and `jax.grad` do not and keep
+    `_explicit_attention` (the per-head loop's backward was not measured
+    there). Float32 only, from `_PER_HEAD_MIN_TOKENS` tokens. B/14 batch 8
+    `encode_images`, interleaved in one process (benchmarks/RESULTS.md):
+    two Zen 5 cores (AVX-512), 448 px 5.23 s per-head against 5.69 s
+    explicit, and 5.41 vs 5.83 s in a second process; 224 px 0.995 vs
+    0.997 s (at 258 tokens both take one key block and agree exactly).
+    On two Zen 3 cores the per-head tower was level (13.43 vs 13.55 s at
+    448 px, 2.51 vs 2.57 s at 224). Decided once per process.
+    """
+    return keras.config.backend() == "jax" and cpu_only()
+
+
+_COMPILED_INFERENCE = contextvars.ContextVar("tipsv2_compiled_inference", default=False)
+
+
+@contextlib.contextmanager
+def compiled_inference():
+    """Marks what is traced inside as the public calls' compiled inference
+    (`compiled_call`), where "auto" may take paths measured only there."""
+    token = _COMPILED_INFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _COMPILED_INFERENCE.reset(token)
 
 
 # The shortest sequence that takes the per-head path. Forward and backward

@@ -19,7 +19,8 @@ speed-up demands it:
 - JAX: `jax.jit` of the call with the layer's variables as arguments,
   through a `StatelessScope` (the same mechanism `Layer.stateless_call`
   uses), so updated weights are always read. On CPU it is compiled with
-  XLA's YNNPACK dot fusions off (`jax_compiler_options`).
+  XLA's YNNPACK dot fusions off (`jax_compiler_options`), and traced under
+  `attention.compiled_inference()` (per-head attention on CPU).
 - TensorFlow: `tf.function`, traced per shape; the image tower's calls
   under XLA (`jit_compile`) where that measured faster
   (`xla_suits_the_image_tower`), the text tower's as a graph.
@@ -187,7 +188,9 @@ def _jax_function(layer, fn):
 
     @functools.partial(jax.jit, compiler_options=jax_compiler_options())
     def pure(values, tensors):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+        with attention.compiled_inference(), keras.StatelessScope(
+            state_mapping=list(zip(variables, values))
+        ):
             return fn(*tensors)
 
     def call(*tensors):
