@@ -198,7 +198,9 @@ class PerHeadAttentionTest(TestCase):
     def test_matches_the_backend_kernel(self):
         qkv = _packed_qkv(seed=8)
         got = attention._attention_per_head(qkv, 3, 8**-0.5)
-        self.assertAllClose(got, _keras_attention(qkv), atol=1e-5, rtol=1e-5)
+        # Logits of ~100, scaled on the query here and on the logits in
+        # JAX's kernel: float32 rounding reaches 1e-5.
+        self.assertAllClose(got, _keras_attention(qkv), atol=1e-4, rtol=1e-4)
 
     def test_a_heads_range_gives_those_heads_channels(self):
         qkv = _packed_qkv(seed=17, heads=4)
@@ -250,7 +252,9 @@ class PerHeadAttentionTest(TestCase):
             self.assertEqual(sum(sizes), length)
             self.assertLessEqual(max(sizes), attention._KEY_BLOCK)
             self.assertLessEqual(max(sizes) - min(sizes), len(sizes))
-        self.assertEqual(len(attention._key_blocks(1025)), 2)
+        # B/14 at 448 px: one block on JAX, two elsewhere (TensorFlow's
+        # per-head calls).
+        self.assertEqual(len(attention._key_blocks(1025)), 1 if keras.config.backend() == "jax" else 2)
 
     def test_a_step_holds_whole_divisors_of_the_heads_within_its_logit_budget(self):
         group = attention._group_size

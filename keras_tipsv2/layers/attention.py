@@ -488,9 +488,13 @@ def _attend_groups(q, k, v, scale):
 
 
 # The most keys per block of `_attend_groups`'s online softmax. Measured on
-# two Zen 3 cores, B/14 batch 8 at 1,025 tokens, the layer's attention: one
-# block 370-390 ms, blocks of 520 keys 325-341, of 256 or 344 326-363.
-_KEY_BLOCK = 520
+# two Zen 3 cores, B/14 batch 8 at 1,025 tokens, the layer's attention in
+# TensorFlow's per-head calls: one block 370-390 ms, blocks of 520 keys
+# 325-341, of 256 or 344 326-363; on two Zen 5 cores level (90 vs 93 ms,
+# one block against 520). JAX runs the loop on both cores at once, where
+# one block of 1,026 keys was faster on Zen 5: 156-162 ms against 172, and
+# the tower at 448 px 4.71 s against 5.03 (benchmarks/RESULTS.md).
+_KEY_BLOCK = 1100 if keras.config.backend() == "jax" else 520
 
 
 def _key_blocks(length):
@@ -535,7 +539,19 @@ def _transposed(x):
 
 
 def _group_logits(qi, ki, scale):
-    """Float32 s q k^T of a group's (g, N, hd) q and k."""
+    """Float32 s q k^T of a group's (g, N, hd) q and k.
+
+    A float32 query is scaled before the matmul, as both references do: a
+    pass over (g, N, hd) instead of over the (g, N, N) logits, which XLA:CPU
+    runs as a loop of its own between the matmul and the row max. One B/14
+    layer's attention, batch 8, two Zen 5 cores, interleaved: 1,026 tokens
+    193-204 -> 156-172 ms on JAX, 109 -> 93 ms in TensorFlow's per-head
+    calls; 258 tokens 19.3 -> 12.1 ms on JAX, level on TensorFlow
+    (benchmarks/RESULTS.md). Half-precision products are cast to float32
+    first and scaled there.
+    """
+    if keras.backend.standardize_dtype(qi.dtype) == "float32":
+        return ops.matmul(qi * scale, _transposed(ki))
     return ops.cast(ops.matmul(qi, _transposed(ki)), "float32") * scale
 
 
