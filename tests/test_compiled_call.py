@@ -126,6 +126,70 @@ def test_jax_compiled_inference_takes_per_head_attention_on_cpu_and_train_traces
         )
 
 
+def test_encode_images_in_parts_gives_the_whole_batchs_numbers(rng, monkeypatch):
+    images = rng.random((5, 28, 42, 3)).astype("float32")
+    if not compiled_call.can_compile(ops.convert_to_tensor(images)):
+        pytest.skip("torch runs the public calls eagerly, in one call")
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    masks = rng.random((5, 2, 3)) > 0.5
+    whole = backbone.encode_images(images, masks=masks)
+    whole_layers = backbone.get_intermediate_layers(images, [0, 1])
+    calls = []
+    compiled = compiled_call.compiled_call
+
+    def counted(layer, key, fn, *tensors, **kwargs):
+        calls.append(tensors[0].shape[0])
+        return compiled(layer, key, fn, *tensors, **kwargs)
+
+    # Two images per call (6 patches each): 2 + 2 + 1.
+    monkeypatch.setattr(compiled_call, "images_per_call", lambda patches: 12 // patches)
+    monkeypatch.setattr(compiled_call, "compiled_call", counted)
+    parts = backbone.encode_images(images, masks=masks)
+    parts_layers = backbone.get_intermediate_layers(images, [0, 1])
+    assert calls == [2, 2, 1] * 2
+    for got, expected in zip([parts, *parts_layers], [whole, *whole_layers]):
+        for key in ("cls_tokens", "patch_tokens"):
+            assert got[key].shape == expected[key].shape
+            np.testing.assert_allclose(
+                ops.convert_to_numpy(got[key]), ops.convert_to_numpy(expected[key]), atol=1e-5
+            )
+
+
+def test_only_jax_on_cpu_cuts_image_batches_by_tokens(monkeypatch):
+    from keras_tipsv2.layers import attention
+
+    for backend, cpu_only, expected in [
+        ("jax", True, (2, 1, 1)),
+        ("jax", False, (None, None, None)),
+        ("tensorflow", True, (None, None, None)),
+        ("torch", True, (None, None, None)),
+    ]:
+        monkeypatch.setattr(keras.config, "backend", lambda b=backend: b)
+        monkeypatch.setattr(attention, "cpu_only", lambda c=cpu_only: c)
+        compiled_call._parts_help.cache_clear()
+        try:
+            # B/14 at 224 px (256 patches), 448 px (1,024) and 518 px (1,369).
+            got = tuple(compiled_call.images_per_call(p) for p in (256, 1024, 1369))
+        finally:
+            compiled_call._parts_help.cache_clear()
+        assert got == expected, backend
+
+
+def test_call_in_parts_concatenates_any_nest_and_passes_none_through():
+    x = np.arange(10, dtype="float32").reshape(5, 2)
+    seen = []
+
+    def fn(a, b):
+        seen.append((a.shape[0], b))
+        return [{"y": a * 2}, a[:, :1]]
+
+    out = compiled_call.call_in_parts(fn, 2, x, None)
+    assert seen == [(2, None), (2, None), (1, None)]
+    np.testing.assert_array_equal(ops.convert_to_numpy(out[0]["y"]), x * 2)
+    np.testing.assert_array_equal(ops.convert_to_numpy(out[1]), x[:, :1])
+    assert compiled_call.call_in_parts(fn, None, x, None)[1].shape == (5, 1)
+
+
 def _compiled_hlo(jitted_lowering):
     return jitted_lowering.compile().as_text().lower()
 

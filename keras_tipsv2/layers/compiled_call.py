@@ -104,6 +104,50 @@ def compiled_function(owner, key, fn, *tensors):
     return compiled(*tensors)
 
 
+# The most image tokens one compiled image-tower call takes on JAX/CPU
+# (`images_per_call`).
+_CALL_TOKENS = 600
+
+
+def images_per_call(patches_per_image):
+    """How many images one compiled image-tower call should take; None for all.
+
+    On JAX/CPU a batch is cut into calls of at most `_CALL_TOKENS` tokens
+    (at least one image each; `call_in_parts`). XLA:CPU allocates a call's
+    temporary buffers afresh on every run, and the larger ones come straight
+    from the kernel, page by page: B/14 batch 8 at 448 px spent 1.07 s of
+    system time in one call, 0.27 s in eight calls of one image, and ran
+    5.44 -> 4.94 s; at 224 px 1.045 -> 0.946 s in calls of two images, 0.957
+    in calls of four (two Zen 5 cores, benchmarks/RESULTS.md). TensorFlow's
+    allocator keeps its memory (no page faults there, and calls of one or
+    two images measured level), torch allocates op by op, and GPUs were not
+    measured; all of them run the whole batch in one call.
+    """
+    if not _parts_help():
+        return None
+    return max(1, _CALL_TOKENS // max(1, patches_per_image))
+
+
+@functools.cache
+def _parts_help():
+    return keras.config.backend() == "jax" and attention.cpu_only()
+
+
+def call_in_parts(fn, size, *tensors):
+    """`fn(*tensors)` over consecutive slices of at most `size` examples,
+    the outputs (any nest) concatenated along the batch; None entries of
+    `tensors` pass through. One call when `size` is None or covers the
+    batch."""
+    batch = tensors[0].shape[0]
+    if size is None or batch is None or batch <= size:
+        return fn(*tensors)
+    parts = [
+        fn(*(None if t is None else t[start : start + size] for t in tensors))
+        for start in range(0, batch, size)
+    ]
+    return keras.tree.map_structure(lambda *xs: keras.ops.concatenate(xs, axis=0), *parts)
+
+
 def _cached(owner, key, compile_fn, limit=None):
     """The compiled function cached on `owner` under `key`, compiling it
     with `compile_fn()` on a miss; beyond `limit` entries the least

@@ -1,3 +1,5 @@
+import math
+
 import keras
 from keras import ops
 from keras_hub.models import Backbone
@@ -245,13 +247,19 @@ class TIPSv2Backbone(Backbone):
             # compiled graph, and the same numbers (a Pad fused into the
             # graph's convolution rounds differently on TensorFlow).
             images = centre_pad_to_multiple(images, self.vision_patch_size)
-            return compiled_call.compiled_call(
-                self.vision_encoder,
-                ("encode_images", values_trick, masks is None),
-                lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
+            # On JAX/CPU in calls of a few images (`images_per_call`).
+            return compiled_call.call_in_parts(
+                lambda x, m: compiled_call.compiled_call(
+                    self.vision_encoder,
+                    ("encode_images", values_trick, masks is None),
+                    lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
+                    x,
+                    m,
+                    xla=compiled_call.xla_suits_the_image_tower(),
+                ),
+                compiled_call.images_per_call(self._patches_per_image(images)),
                 images,
                 masks,
-                xla=compiled_call.xla_suits_the_image_tower(),
             )
         return self.vision_encoder(
             images, masks=masks, training=training, values_trick=values_trick
@@ -289,14 +297,24 @@ class TIPSv2Backbone(Backbone):
         indices = tuple(int(i) for i in indices)
         if compiled_call.can_compile(images):
             # Compiled per (indices, input shape), as encode_images.
-            return compiled_call.compiled_call(
-                self.vision_encoder,
-                ("get_intermediate_layers", indices),
-                lambda x: self.vision_encoder.intermediate_layers(x, indices),
+            return compiled_call.call_in_parts(
+                lambda x: compiled_call.compiled_call(
+                    self.vision_encoder,
+                    ("get_intermediate_layers", indices),
+                    lambda x: self.vision_encoder.intermediate_layers(x, indices),
+                    x,
+                    xla=compiled_call.xla_suits_the_image_tower(),
+                ),
+                compiled_call.images_per_call(self._patches_per_image(images)),
                 images,
-                xla=compiled_call.xla_suits_the_image_tower(),
             )
         return self.vision_encoder.intermediate_layers(images, indices)
+
+    def _patches_per_image(self, images):
+        """Patches of one (B, H, W, 3) image, its sides rounded up to patches."""
+        patch = self.vision_patch_size
+        height, width = images.shape[1], images.shape[2]
+        return math.ceil(height / patch) * math.ceil(width / patch)
 
     def get_config(self):
         config = super().get_config()
