@@ -247,17 +247,9 @@ class TIPSv2Backbone(Backbone):
             # compiled graph, and the same numbers (a Pad fused into the
             # graph's convolution rounds differently on TensorFlow).
             images = centre_pad_to_multiple(images, self.vision_patch_size)
-            # On JAX/CPU in calls of a few images (`images_per_call`).
-            return compiled_call.call_in_parts(
-                lambda x, m: compiled_call.compiled_call(
-                    self.vision_encoder,
-                    ("encode_images", values_trick, masks is None),
-                    lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
-                    x,
-                    m,
-                    xla=compiled_call.xla_suits_the_image_tower(),
-                ),
-                compiled_call.images_per_call(self._patches_per_image(images)),
+            return self._compiled_image_call(
+                ("encode_images", values_trick, masks is None),
+                lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
                 images,
                 masks,
             )
@@ -297,24 +289,31 @@ class TIPSv2Backbone(Backbone):
         indices = tuple(int(i) for i in indices)
         if compiled_call.can_compile(images):
             # Compiled per (indices, input shape), as encode_images.
-            return compiled_call.call_in_parts(
-                lambda x: compiled_call.compiled_call(
-                    self.vision_encoder,
-                    ("get_intermediate_layers", indices),
-                    lambda x: self.vision_encoder.intermediate_layers(x, indices),
-                    x,
-                    xla=compiled_call.xla_suits_the_image_tower(),
-                ),
-                compiled_call.images_per_call(self._patches_per_image(images)),
+            return self._compiled_image_call(
+                ("get_intermediate_layers", indices),
+                lambda x: self.vision_encoder.intermediate_layers(x, indices),
                 images,
             )
         return self.vision_encoder.intermediate_layers(images, indices)
 
-    def _patches_per_image(self, images):
-        """Patches of one (B, H, W, 3) image, its sides rounded up to patches."""
+    def _compiled_image_call(self, key, fn, images, *tensors):
+        """`fn(images, *tensors)` compiled on the image tower under `key`,
+        with XLA where it suits (`xla_suits_the_image_tower`), and on JAX/CPU
+        in calls of a few images (`images_per_call`)."""
         patch = self.vision_patch_size
-        height, width = images.shape[1], images.shape[2]
-        return math.ceil(height / patch) * math.ceil(width / patch)
+        patches = math.ceil(images.shape[1] / patch) * math.ceil(images.shape[2] / patch)
+        return compiled_call.call_in_parts(
+            lambda *part: compiled_call.compiled_call(
+                self.vision_encoder,
+                key,
+                fn,
+                *part,
+                xla=compiled_call.xla_suits_the_image_tower(),
+            ),
+            compiled_call.images_per_call(patches),
+            images,
+            *tensors,
+        )
 
     def get_config(self):
         config = super().get_config()
