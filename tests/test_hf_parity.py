@@ -5,11 +5,14 @@ weights reach our model through the Hugging Face reader, the official
 PyTorch npz reader and the official Scenic npz reader. Float32, <= 1e-4.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 from keras import ops
 
 from keras_tipsv2.convert import backbone_from_checkpoint, read_official
+from keras_tipsv2.layers.compiled_call import inference_scope
 from tests import checkpoint_writers as cw
 
 TOLERANCE = 1e-4
@@ -40,12 +43,13 @@ def _text_inputs(rng, vocab=64):
     return ids, mask
 
 
-def _check_images(pair, size):
+def _check_images(pair, size, scope=contextlib.nullcontext):
     model, backbone = pair
     images = np.random.default_rng(1).random((2,) + size + (3,)).astype("float32")
     ids, mask = _text_inputs(np.random.default_rng(2))
     cls_ref, patch_ref, _, _ = cw.hf_outputs(model, images, ids, mask)
-    out = backbone.encode_images(images)
+    with scope():
+        out = backbone.encode_images(images)
     cls = ops.convert_to_numpy(out["cls_tokens"])
     patches = ops.convert_to_numpy(out["patch_tokens"])
     assert patches.shape == (2, size[0] // 14, size[1] // 14, 32)
@@ -58,6 +62,11 @@ def test_image_tower_matches_reference(pair, size):
     _check_images(pair, size)
 
 
+def test_image_tower_matches_reference_without_autograd(pair):
+    # torch then computes the blocks' activations and adds in place.
+    _check_images(pair, (280, 420), scope=inference_scope)
+
+
 def test_swiglu_image_tower_matches_reference(swiglu_pair):
     _check_images(swiglu_pair, (280, 420))
 
@@ -68,6 +77,9 @@ def test_text_tower_and_temperature_match_reference(pair):
     images = np.zeros((1, 28, 28, 3), "float32")
     _, _, text_ref, temperature = cw.hf_outputs(model, images, ids, mask)
     text = ops.convert_to_numpy(backbone.encode_text(ids, mask))
+    np.testing.assert_allclose(text, text_ref, atol=TOLERANCE, rtol=0)
+    with inference_scope():
+        text = ops.convert_to_numpy(backbone.encode_text(ids, mask))
     np.testing.assert_allclose(text, text_ref, atol=TOLERANCE, rtol=0)
     assert abs(float(ops.convert_to_numpy(backbone.temperature)) - temperature) < 1e-7
 

@@ -16,8 +16,60 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return x / ops.maximum(norm, ops.cast(epsilon, x.dtype))
 
 
-def gelu(x, approximate=False):
+def overwritable(x):
+    """Whether `x` may be overwritten in place by the op that consumes it.
+
+    Only on torch with autograd off (`torch.no_grad()`, inference mode),
+    and only for temporaries the caller alone holds (the callers pass the
+    fresh output of their own matmul). Eager torch allocates every op's
+    output with malloc; computing the GELU, LayerScale and residual adds
+    of a block into tensors that are about to be dropped anyway saves
+    those allocations, and glibc returning the freed memory to the system
+    between layers, with its page faults on the next one
+    (benchmarks/RESULTS.md). With autograd on, in-place ops could
+    overwrite what the backward pass saved, so everything is computed
+    afresh.
+    """
+    if keras.config.backend() != "torch" or isinstance(x, keras.KerasTensor):
+        return False
+    import torch
+
+    return not torch.is_grad_enabled() and not x.requires_grad
+
+
+def add_into(temporary, other):
+    """temporary + other, written into `temporary` where `overwritable`
+    allows it and the result has its shape and dtype (addition commutes
+    exactly, so the numbers are the same either way)."""
+    if _fits_into(temporary, other):
+        return temporary.add_(other)
+    return temporary + other
+
+
+def multiply_into(temporary, other):
+    """temporary * other, written into `temporary` as `add_into` does."""
+    if _fits_into(temporary, other):
+        return temporary.mul_(other)
+    return temporary * other
+
+
+def _fits_into(temporary, other):
+    if not overwritable(temporary) or isinstance(other, keras.KerasTensor):
+        return False
+    import torch
+
+    return (
+        isinstance(other, torch.Tensor)
+        and other.dtype == temporary.dtype
+        and torch.broadcast_shapes(temporary.shape, other.shape) == temporary.shape
+    )
+
+
+def gelu(x, approximate=False, in_place=False):
     """GELU (exact erf form, or the tanh approximation), as `ops.gelu`.
+
+    `in_place=True` lets torch overwrite `x`, where `overwritable(x)`
+    allows it (the same kernel, bit-identical outputs).
 
     On TensorFlow it runs as one XLA-compiled kernel: TensorFlow's graph
     runs `tf.nn.gelu` as separate elementwise ops, each a pass over the
@@ -30,6 +82,10 @@ def gelu(x, approximate=False):
     (`_erf_gelu`; on JAX XLA fuses it into one loop as it is); torch (one
     fused kernel) and the tanh form elsewhere take `ops.gelu`.
     """
+    if in_place and overwritable(x):
+        import torch
+
+        return torch.ops.aten.gelu_(x, approximate="tanh" if approximate else "none")
     backend = keras.config.backend()
     if backend == "tensorflow" and not isinstance(x, keras.KerasTensor):
         return _xla_gelu(bool(approximate))(x)

@@ -20,6 +20,8 @@ checkpoints and presets are the same.
 import keras
 from keras import ops
 
+from keras_tipsv2.layers.functional import overwritable
+
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
 class FusedBiasDense(keras.layers.Dense):
@@ -35,6 +37,9 @@ class FusedBiasDense(keras.layers.Dense):
         flat = torch.reshape(inputs, (-1, inputs.shape[-1]))
         outputs = torch.addmm(bias, flat, kernel)
         outputs = torch.reshape(outputs, (*inputs.shape[:-1], kernel.shape[-1]))
+        if self.activation is keras.activations.relu and overwritable(outputs):
+            # The matmul's output is this call's own; ReLU it where it is.
+            return torch.relu_(outputs)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs

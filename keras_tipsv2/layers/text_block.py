@@ -2,6 +2,8 @@ import keras
 from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
+from keras_tipsv2.layers.functional import add_into
+from keras_tipsv2.layers.functional import multiply_into
 from keras_tipsv2.layers.fused_dense import FusedBiasDense
 from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 
@@ -54,10 +56,12 @@ class TIPSv2TextBlock(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
     def call(self, inputs, padding_mask):
-        x = inputs + self.attention(self.norm1(inputs), key_mask=padding_mask)
+        # Each product and sum is taken into this call's own temporary where
+        # torch allows it (`add_into`), with the same numbers.
+        x = add_into(self.attention(self.norm1(inputs), key_mask=padding_mask), inputs)
         mask = ops.cast(padding_mask, x.dtype)[:, :, None]
-        y = self.fc2(self.fc1(self.norm2(x)) * mask) * mask
-        return x + y
+        y = multiply_into(self.fc2(multiply_into(self.fc1(self.norm2(x)), mask)), mask)
+        return add_into(y, x)
 
     def compute_output_shape(self, input_shape, padding_mask_shape=None):
         return input_shape

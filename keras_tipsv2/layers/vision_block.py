@@ -3,7 +3,9 @@ from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
 from keras_tipsv2.layers.drop_path import DropPath
+from keras_tipsv2.layers.functional import add_into
 from keras_tipsv2.layers.functional import gelu
+from keras_tipsv2.layers.functional import multiply_into
 from keras_tipsv2.layers.fused_dense import FusedBiasDense
 from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 
@@ -72,7 +74,8 @@ class TIPSv2VisionMLP(keras.layers.Layer):
             gate, value = ops.split(x, 2, axis=-1)
             x = ops.silu(gate) * value
         else:
-            x = gelu(x, approximate=self.activation == "gelu_tanh")
+            # fc1's output is this call's own temporary.
+            x = gelu(x, approximate=self.activation == "gelu_tanh", in_place=True)
         return self.fc2(x)
 
     def compute_output_shape(self, input_shape):
@@ -169,8 +172,17 @@ class TIPSv2VisionBlock(keras.layers.Layer):
             self.ls2.build(input_shape)
         self.drop_path.build(input_shape)
 
-    def _scaled(self, x, which):
-        return getattr(self, which)(x) if self.layer_scale else x
+    # The residual branches below are this call's own temporaries, so on
+    # torch without autograd they take the LayerScale and the residual add
+    # in place (`add_into`); the numbers are LayerScale's and `+`'s.
+    def _scaled(self, branch, which):
+        if not self.layer_scale:
+            return branch
+        gamma = getattr(self, which).gamma
+        return multiply_into(branch, ops.cast(gamma, branch.dtype))
+
+    def _residual(self, inputs, branch, training):
+        return add_into(self.drop_path(branch, training=training), inputs)
 
     def call(self, inputs, training=False, values_trick=None):
         if values_trick not in (None, "values", "values_no_residual"):
@@ -181,9 +193,9 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         branch = self._scaled(branch, "ls1")
         if values_trick == "values_no_residual":
             return branch
-        x = inputs + self.drop_path(branch, training=training)
+        x = self._residual(inputs, branch, training)
         branch = self._scaled(self.mlp(self.norm2(x)), "ls2")
-        return x + self.drop_path(branch, training=training)
+        return self._residual(x, branch, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
