@@ -126,24 +126,31 @@ def test_jax_compiled_inference_takes_per_head_attention_on_cpu_and_train_traces
         )
 
 
+def _count_parts(monkeypatch):
+    """The batch size of every part `call_in_parts` runs, as it runs it."""
+    calls = []
+    real = compiled_call.call_in_parts
+
+    def counted(fn, size, *tensors):
+        def part(*tensors):
+            calls.append(tensors[0].shape[0])
+            return fn(*tensors)
+
+        return real(part, size, *tensors)
+
+    monkeypatch.setattr(compiled_call, "call_in_parts", counted)
+    return calls
+
+
 def test_encode_images_in_parts_gives_the_whole_batchs_numbers(rng, monkeypatch):
     images = rng.random((5, 28, 42, 3)).astype("float32")
-    if not compiled_call.can_compile(ops.convert_to_tensor(images)):
-        pytest.skip("torch runs the public calls eagerly, in one call")
     backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
     masks = rng.random((5, 2, 3)) > 0.5
     whole = backbone.encode_images(images, masks=masks)
     whole_layers = backbone.get_intermediate_layers(images, [0, 1])
-    calls = []
-    compiled = compiled_call.compiled_call
-
-    def counted(layer, key, fn, *tensors, **kwargs):
-        calls.append(tensors[0].shape[0])
-        return compiled(layer, key, fn, *tensors, **kwargs)
-
     # Two images per call (6 patches each): 2 + 2 + 1.
     monkeypatch.setattr(compiled_call, "images_per_call", lambda patches: 12 // patches)
-    monkeypatch.setattr(compiled_call, "compiled_call", counted)
+    calls = _count_parts(monkeypatch)
     parts = backbone.encode_images(images, masks=masks)
     parts_layers = backbone.get_intermediate_layers(images, [0, 1])
     assert calls == [2, 2, 1] * 2
@@ -155,24 +162,53 @@ def test_encode_images_in_parts_gives_the_whole_batchs_numbers(rng, monkeypatch)
             )
 
 
-def test_only_jax_on_cpu_cuts_image_batches_by_tokens(monkeypatch):
+def test_jax_on_cpu_cuts_image_batches_and_torch_on_cpu_text_batches(monkeypatch):
     from keras_tipsv2.layers import attention
 
-    for backend, cpu_only, expected in [
-        ("jax", True, (2, 1, 1)),
-        ("jax", False, (None, None, None)),
-        ("tensorflow", True, (None, None, None)),
-        ("torch", True, (None, None, None)),
+    b14_text_row = 3072 * 4  # the MLP's hidden layer, float32
+    for backend, cpu_only, images, texts in [
+        # JAX: 600 image tokens a call; text in one call.
+        ("jax", True, (2, 1, 1), None),
+        # torch: text calls whose widest activation is within 26 MB (2,115
+        # B/14 tokens); images in one call.
+        ("torch", True, (None, None, None), 33),
+        ("jax", False, (None, None, None), None),
+        ("torch", False, (None, None, None), None),
+        ("tensorflow", True, (None, None, None), None),
     ]:
         monkeypatch.setattr(keras.config, "backend", lambda b=backend: b)
         monkeypatch.setattr(attention, "cpu_only", lambda c=cpu_only: c)
-        compiled_call._parts_help.cache_clear()
+        compiled_call._cpu_backend.cache_clear()
         try:
             # B/14 at 224 px (256 patches), 448 px (1,024) and 518 px (1,369).
             got = tuple(compiled_call.images_per_call(p) for p in (256, 1024, 1369))
+            got_texts = compiled_call.texts_per_call(64, b14_text_row)
+            # Half the bytes per token, twice the tokens per call.
+            half = compiled_call.texts_per_call(64, b14_text_row // 2)
         finally:
-            compiled_call._parts_help.cache_clear()
-        assert got == expected, backend
+            compiled_call._cpu_backend.cache_clear()
+        assert got == images and got_texts == texts, backend
+        assert half == (66 if texts else None)
+
+
+def test_text_row_is_the_mlp_or_the_qkv_projection_in_the_compute_dtype():
+    narrow = TIPSv2Backbone(**tiny_backbone_kwargs(text_intermediate_dim=40))
+    assert narrow._text_row_bytes() == 3 * 32 * 4  # qkv wider than 40
+    wide = TIPSv2Backbone(**tiny_backbone_kwargs(text_intermediate_dim=200), dtype="bfloat16")
+    assert wide._text_row_bytes() == 200 * 2
+
+
+def test_text_batches_in_parts_give_the_whole_batch_numbers(monkeypatch):
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 64, (5, 7)).astype("int32")
+    mask = (np.arange(7)[None] < rng.integers(1, 8, (5, 1))).astype("int32")
+    whole = ops.convert_to_numpy(backbone.encode_text(ids, mask))
+    monkeypatch.setattr(compiled_call, "texts_per_call", lambda length, row_bytes: 2)
+    calls = _count_parts(monkeypatch)
+    parts = ops.convert_to_numpy(backbone.encode_text(ids, mask))
+    assert calls == [2, 2, 1]
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
 
 
 def test_call_in_parts_concatenates_any_nest_and_passes_none_through():

@@ -327,6 +327,11 @@ def _inter_op_threads():
 
 def cpu_only():
     """Whether every device the backend sees is a CPU."""
+    if keras.config.backend() == "torch":
+        # Keras's torch backend lists no devices; it computes on one.
+        from keras.src.backend.torch.core import get_device
+
+        return str(get_device()).startswith("cpu")
     devices = keras.distribution.list_devices()
     return bool(devices) and all(d.lower().startswith("cpu") for d in devices)
 

@@ -46,7 +46,15 @@ FUNCTION_CACHE_SIZE = 16
 
 
 def can_compile(*tensors):
-    """Whether the compiled path applies to a call on these inputs."""
+    """Whether the compiled path applies to a call on these inputs: JAX and
+    TensorFlow, run eagerly (torch runs its ops as they come)."""
+    return keras.config.backend() != "torch" and runs_eagerly(*tensors)
+
+
+def runs_eagerly(*tensors):
+    """Whether a call on these inputs runs from Python as it is made: not
+    symbolic, not inside a JAX trace or `StatelessScope`, a TensorFlow
+    graph or `torch.compile`'s tracing."""
     if any(isinstance(t, keras.KerasTensor) for t in tensors):
         return False
     backend = keras.config.backend()
@@ -61,6 +69,10 @@ def can_compile(*tensors):
         import tensorflow as tf
 
         return tf.executing_eagerly()
+    if backend == "torch":
+        import torch
+
+        return not torch.compiler.is_compiling()
     return False
 
 
@@ -108,9 +120,13 @@ def compiled_function(owner, key, fn, *tensors):
 # (`images_per_call`).
 _CALL_TOKENS = 600
 
+# The largest activation one text-tower call makes on torch/CPU
+# (`texts_per_call`).
+_TORCH_CALL_BYTES = 26 * 10**6
+
 
 def images_per_call(patches_per_image):
-    """How many images one compiled image-tower call should take; None for all.
+    """How many images one image-tower call should take; None for all.
 
     On JAX/CPU a batch is cut into calls of at most `_CALL_TOKENS` tokens
     (at least one image each; `call_in_parts`). XLA:CPU allocates a call's
@@ -120,17 +136,43 @@ def images_per_call(patches_per_image):
     5.44 -> 4.94 s; at 224 px 1.045 -> 0.946 s in calls of two images, 0.957
     in calls of four (two Zen 5 cores, benchmarks/RESULTS.md). TensorFlow's
     allocator keeps its memory (no page faults there, and calls of one or
-    two images measured level), torch allocates op by op, and GPUs were not
-    measured; all of them run the whole batch in one call.
+    two images measured level) and GPUs were not measured: one call. So
+    does torch: calls of two images at 448 px ran 8 % faster in a process
+    holding one model and 3-4 % slower in the benchmark's process, which
+    holds four (`texts_per_call` has the mechanism).
     """
-    if not _parts_help():
+    if _cpu_backend() != "jax":
         return None
-    return max(1, _CALL_TOKENS // max(1, patches_per_image))
+    return _examples(_CALL_TOKENS, patches_per_image)
+
+
+def texts_per_call(length, widest_row_bytes):
+    """How many texts one text-tower call should take; None for all.
+
+    torch/CPU only: calls whose widest activation (`widest_row_bytes` per
+    token: the MLP's hidden layer or the qkv projection) stays within
+    `_TORCH_CALL_BYTES`, 2,115 tokens for B/14 in float32. Eager torch
+    mallocs every activation; glibc serves blocks over 32 MiB from fresh
+    mappings, faulted in page by page on every call, and smaller ones from
+    its heap, which it keeps between layers while they stay small. B/14's
+    text tower, batch 64 of 64 tokens (50 MB MLP activations), in calls of
+    33: 4.03 -> 3.72 s and 3.99 -> 3.74 s in a process holding one model,
+    3.77 -> 3.54 and 3.87 -> 3.84 s in the benchmark's (two Zen 5 cores,
+    benchmarks/RESULTS.md). JAX's text calls were not measured in parts.
+    """
+    if _cpu_backend() != "torch":
+        return None
+    return _examples(_TORCH_CALL_BYTES // widest_row_bytes, length)
+
+
+def _examples(tokens, tokens_per_example):
+    return max(1, tokens // max(1, tokens_per_example))
 
 
 @functools.cache
-def _parts_help():
-    return keras.config.backend() == "jax" and attention.cpu_only()
+def _cpu_backend():
+    """The backend's name where it runs on CPU only, else None."""
+    return keras.config.backend() if attention.cpu_only() else None
 
 
 def call_in_parts(fn, size, *tensors):

@@ -239,15 +239,16 @@ class TIPSv2Backbone(Backbone):
             )
         if masks is not None:
             masks = ops.convert_to_tensor(masks)
-        if not training and compiled_call.can_compile(images, masks):
-            # Compiled once per (values_trick, masks given) and input shape:
-            # eager JAX runs op by op from Python, several times slower
-            # (benchmarks/RESULTS.md). Train steps take the plain path.
-            # Padding first gives every size with the same patch grid one
-            # compiled graph, and the same numbers (a Pad fused into the
-            # graph's convolution rounds differently on TensorFlow).
+        if not training and compiled_call.runs_eagerly(images, masks):
+            # Inference: on JAX and TensorFlow compiled once per
+            # (values_trick, masks given) and input shape: eager JAX runs op
+            # by op from Python, several times slower (benchmarks/RESULTS.md).
+            # Train steps take the plain path. Padding first gives every
+            # size with the same patch grid one compiled graph, and the same
+            # numbers (a Pad fused into the graph's convolution rounds
+            # differently on TensorFlow).
             images = centre_pad_to_multiple(images, self.vision_patch_size)
-            return self._compiled_image_call(
+            return self._image_inference_call(
                 ("encode_images", values_trick, masks is None),
                 lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
                 images,
@@ -267,12 +268,16 @@ class TIPSv2Backbone(Backbone):
                 f"shape (batch, length); got {tuple(token_ids.shape)} and "
                 f"{tuple(padding_mask.shape)}."
             )
-        if not training and compiled_call.can_compile(token_ids, padding_mask):
-            # Compiled per input shape, as encode_images (same reason).
-            return compiled_call.compiled_call(
+        if not training and compiled_call.runs_eagerly(token_ids, padding_mask):
+            # Inference: compiled per input shape as in encode_images, and on
+            # torch/CPU in calls of a few texts (`texts_per_call`).
+            return self._inference_call(
                 self.text_encoder,
                 ("encode_text",),
                 lambda t, m: self.text_encoder(t, padding_mask=m),
+                compiled_call.texts_per_call(
+                    token_ids.shape[1], self._text_row_bytes()
+                ),
                 token_ids,
                 padding_mask,
             )
@@ -287,33 +292,50 @@ class TIPSv2Backbone(Backbone):
         """
         images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
         indices = tuple(int(i) for i in indices)
-        if compiled_call.can_compile(images):
+        if compiled_call.runs_eagerly(images):
             # Compiled per (indices, input shape), as encode_images.
-            return self._compiled_image_call(
+            return self._image_inference_call(
                 ("get_intermediate_layers", indices),
                 lambda x: self.vision_encoder.intermediate_layers(x, indices),
                 images,
             )
         return self.vision_encoder.intermediate_layers(images, indices)
 
-    def _compiled_image_call(self, key, fn, images, *tensors):
-        """`fn(images, *tensors)` compiled on the image tower under `key`,
-        with XLA where it suits (`xla_suits_the_image_tower`), and on JAX/CPU
-        in calls of a few images (`images_per_call`)."""
+    def _image_inference_call(self, key, fn, images, *tensors):
+        """`fn(images, *tensors)` on the image tower for inference, with
+        XLA where it suits (`xla_suits_the_image_tower`), on JAX/CPU in
+        calls of a few images (`images_per_call`)."""
         patch = self.vision_patch_size
         patches = math.ceil(images.shape[1] / patch) * math.ceil(images.shape[2] / patch)
-        return compiled_call.call_in_parts(
-            lambda *part: compiled_call.compiled_call(
-                self.vision_encoder,
-                key,
-                fn,
-                *part,
-                xla=compiled_call.xla_suits_the_image_tower(),
-            ),
+        return self._inference_call(
+            self.vision_encoder,
+            key,
+            fn,
             compiled_call.images_per_call(patches),
             images,
             *tensors,
+            xla=compiled_call.xla_suits_the_image_tower(),
         )
+
+    def _inference_call(self, tower, key, fn, size, *tensors, xla=False):
+        """`fn(*tensors)` over parts of at most `size` examples
+        (`call_in_parts`), each compiled on `tower` under `key` where the
+        backend compiles (`can_compile`) and run as it is on torch."""
+
+        def run(*part):
+            if compiled_call.can_compile(*part):
+                return compiled_call.compiled_call(tower, key, fn, *part, xla=xla)
+            return fn(*part)
+
+        return compiled_call.call_in_parts(run, size, *tensors)
+
+    def _text_row_bytes(self):
+        """Bytes of one token's widest text-tower activation: the qkv
+        projection or the MLP's hidden layer."""
+        width = max(3 * self.text_hidden_dim, self.text_intermediate_dim)
+        # float16 / bfloat16 / float32 / float64: the bits are in the name.
+        dtype = keras.backend.standardize_dtype(self.compute_dtype)
+        return width * int("".join(filter(str.isdigit, dtype))) // 8
 
     def get_config(self):
         config = super().get_config()
