@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_tipsv2.layers.compiled_call import inference_scope
 from keras_tipsv2.layers.fused_dense import FusedBiasDense
 
 
@@ -30,6 +31,29 @@ def test_outputs_match_keras_dense(shape, activation):
     out = ops.convert_to_numpy(fused(x))
     assert out.shape == shape[:-1] + (6,)
     np.testing.assert_allclose(out, ops.convert_to_numpy(plain(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (2, 3, 5)])
+def test_inference_without_autograd_matches_keras_dense(shape):
+    # On torch/CPU in float32 that is oneDNN's matmul: float32 rounding apart.
+    fused, plain = _pair(activation="relu")
+    x = np.random.default_rng(5).standard_normal(shape).astype("float32")
+    with inference_scope():
+        out = ops.convert_to_numpy(fused(x))
+    np.testing.assert_allclose(out, ops.convert_to_numpy(plain(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's matmul choice")
+def test_torch_takes_onednn_only_for_float32_cpu_inference():
+    import torch
+
+    from keras_tipsv2.layers import fused_dense
+
+    x, kernel, bias = torch.ones(2, 3), torch.ones(3, 4), torch.ones(4)
+    with torch.no_grad():
+        assert fused_dense._onednn_applies(x, kernel, bias) == torch.backends.mkldnn.is_available()
+        assert not fused_dense._onednn_applies(x.double(), kernel.double(), bias.double())
+    assert not fused_dense._onednn_applies(x, kernel, bias)  # autograd records
 
 
 def test_takes_the_fused_path_on_torch_only():
