@@ -227,9 +227,10 @@ class TIPSv2Backbone(Backbone):
             {"cls_tokens": (B, 2, D), "patch_tokens": (B, h, w, D)}, final-normed.
 
         On torch, gradients flow through this call as through any module;
-        for inference wrap it in `torch.no_grad()` as with any torch model
-        (recording autograd's graph made B/14 at 448 px 1.4x slower,
-        benchmarks/RESULTS.md).
+        for inference wrap it in `torch.no_grad()` as with any torch model:
+        recording autograd's graph made B/14 at 448 px 1.4x slower, and
+        without it the towers also take oneDNN's matmul on CPU in float32
+        and compute their activations in place (benchmarks/RESULTS.md).
         """
         images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
         if len(images.shape) != 4 or images.shape[-1] != 3:
