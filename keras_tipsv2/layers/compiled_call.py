@@ -138,8 +138,9 @@ def images_per_call(patches_per_image):
     allocator keeps its memory (no page faults there, and calls of one or
     two images measured level) and GPUs were not measured: one call. So
     does torch: calls of two images at 448 px ran 8 % faster in a process
-    holding one model and 3-4 % slower in the benchmark's process, which
-    holds four (`texts_per_call` has the mechanism).
+    holding one model (6.24 -> 5.74 s) and 3-4 % slower in the benchmark's
+    process, which holds four and faults little (5.28 -> 5.43 s;
+    `texts_per_call` has the mechanism).
     """
     if _cpu_backend() != "jax":
         return None
@@ -157,8 +158,10 @@ def texts_per_call(length, widest_row_bytes):
     its heap, which it keeps between layers while they stay small. B/14's
     text tower, batch 64 of 64 tokens (50 MB MLP activations), in calls of
     33: 4.03 -> 3.72 s and 3.99 -> 3.74 s in a process holding one model,
-    3.77 -> 3.54 and 3.87 -> 3.84 s in the benchmark's (two Zen 5 cores,
-    benchmarks/RESULTS.md). JAX's text calls were not measured in parts.
+    3.77 -> 3.54 and 3.87 -> 3.84 s in the benchmark's; with oneDNN's
+    matmuls (`fused_dense`) 2.04 -> 1.85 s and, in the benchmark's
+    process, 1.89 -> 1.95 s (two Zen 5 cores, benchmarks/RESULTS.md). JAX's
+    text calls were not measured in parts.
     """
     if _cpu_backend() != "torch":
         return None
