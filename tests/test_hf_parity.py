@@ -63,7 +63,7 @@ def test_image_tower_matches_reference(pair, size):
 
 
 def test_image_tower_matches_reference_without_autograd(pair):
-    # torch then computes the blocks' activations and adds in place.
+    # torch then takes oneDNN's matmuls and the blocks' in-place ops.
     _check_images(pair, (280, 420), scope=inference_scope)
 
 

@@ -54,7 +54,7 @@ def multiply_into(temporary, other):
 
 
 def _fits_into(temporary, other):
-    if not overwritable(temporary) or isinstance(other, keras.KerasTensor):
+    if not overwritable(temporary):
         return False
     import torch
 

@@ -14,7 +14,11 @@ MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
 class LayerScale(keras.layers.Layer):
-    """Per-channel scale of a residual branch (DINOv2's `ls1` / `ls2`)."""
+    """Per-channel scale of a residual branch (DINOv2's `ls1` / `ls2`).
+
+    `in_place=True` (call argument) lets torch scale a temporary the caller
+    alone holds where it is (`multiply_into`); the same numbers.
+    """
 
     def __init__(self, hidden_dim, init_value=1.0, **kwargs):
         super().__init__(**kwargs)
@@ -28,8 +32,9 @@ class LayerScale(keras.layers.Layer):
             name="gamma",
         )
 
-    def call(self, inputs):
-        return inputs * ops.cast(self.gamma, inputs.dtype)
+    def call(self, inputs, in_place=False):
+        gamma = ops.cast(self.gamma, inputs.dtype)
+        return multiply_into(inputs, gamma) if in_place else inputs * gamma
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -176,10 +181,7 @@ class TIPSv2VisionBlock(keras.layers.Layer):
     # torch without autograd they take the LayerScale and the residual add
     # in place (`add_into`); the numbers are LayerScale's and `+`'s.
     def _scaled(self, branch, which):
-        if not self.layer_scale:
-            return branch
-        gamma = getattr(self, which).gamma
-        return multiply_into(branch, ops.cast(gamma, branch.dtype))
+        return getattr(self, which)(branch, in_place=True) if self.layer_scale else branch
 
     def _residual(self, inputs, branch, training):
         return add_into(self.drop_path(branch, training=training), inputs)

@@ -1,3 +1,4 @@
+import functools
 import math
 
 import keras
@@ -322,12 +323,9 @@ class TIPSv2Backbone(Backbone):
         """`fn(*tensors)` over parts of at most `size` examples
         (`call_in_parts`), each compiled on `tower` under `key` where the
         backend compiles (`can_compile`) and run as it is on torch."""
-
-        def run(*part):
-            if compiled_call.can_compile(*part):
-                return compiled_call.compiled_call(tower, key, fn, *part, xla=xla)
-            return fn(*part)
-
+        run = fn
+        if compiled_call.can_compile(*tensors):
+            run = functools.partial(compiled_call.compiled_call, tower, key, fn, xla=xla)
         return compiled_call.call_in_parts(run, size, *tensors)
 
     def _text_row_bytes(self):
