@@ -54,11 +54,11 @@ import numpy as np
 from keras import ops
 
 import keras_tipsv2  # noqa: F401  (registers the classes for from_preset)
-from keras_tipsv2.data import ShapesWorld
+from keras_tipsv2.shapes import ShapesWorld
 from keras_tipsv2.data import make_pretraining_dataset
-from keras_tipsv2.data import shapes_examples
-from keras_tipsv2.data.shapes import class_names
-from keras_tipsv2.data.shapes_tokenizer import train_shapes_tokenizer
+from keras_tipsv2.shapes import shapes_examples
+from keras_tipsv2.shapes.world import class_names
+from keras_tipsv2.shapes.tokenizer import train_shapes_tokenizer
 from keras_tipsv2.evaluation.miou import confusion_matrix
 from keras_tipsv2.evaluation.miou import mean_iou
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone

@@ -35,10 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from keras_tipsv2.data import ShapesWorld  # noqa: E402
+from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
 from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
-from keras_tipsv2.data import write_manifest  # noqa: E402
-from keras_tipsv2.data.shapes_tokenizer import train_shapes_tokenizer  # noqa: E402
+from keras_tipsv2.shapes import write_manifest  # noqa: E402
+from keras_tipsv2.shapes.tokenizer import train_shapes_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.training import TIPSv2Pretrainer  # noqa: E402
 from keras_tipsv2.training.recipe_utils import export_preset  # noqa: E402

@@ -44,8 +44,8 @@ import os
 import numpy as np
 
 import keras_tipsv2  # noqa: F401  (registers the classes for from_preset)
-from keras_tipsv2.data.shapes import ShapesWorld
-from keras_tipsv2.data.shapes import class_names
+from keras_tipsv2.shapes.world import ShapesWorld
+from keras_tipsv2.shapes.world import class_names
 from keras_tipsv2.evaluation.miou import class_iou
 from keras_tipsv2.evaluation.miou import confusion_matrix
 from keras_tipsv2.evaluation.miou import mean_iou
@@ -166,6 +166,6 @@ print("Wrote", pca_path, "and", overlay_path)
   (also `voc`, `voc20`, `context`, `context60`) runs this protocol over a
   whole validation set and prints a per-class IoU table.
 * Any dataset in the ADE20K folder layout with a `--classes` file works too,
-  e.g. the ShapesWorld sets that `keras_tipsv2.data.shapes.write_ade_layout`
+  e.g. the ShapesWorld sets that `keras_tipsv2.shapes.world.write_ade_layout`
   writes.
 """

@@ -37,7 +37,7 @@ import keras
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
-from keras_tipsv2.data import ShapesWorld  # noqa: E402
+from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
 from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.training import recipe_utils  # noqa: E402

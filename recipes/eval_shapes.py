@@ -22,9 +22,9 @@ import keras
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
-from keras_tipsv2.data import ShapesWorld  # noqa: E402
-from keras_tipsv2.evaluation.shapes_benchmark import evaluate_on_shapes  # noqa: E402
-from keras_tipsv2.evaluation.shapes_benchmark import markdown_report  # noqa: E402
+from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
+from keras_tipsv2.shapes.benchmark import evaluate_on_shapes  # noqa: E402
+from keras_tipsv2.shapes.benchmark import markdown_report  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402

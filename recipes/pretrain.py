@@ -66,9 +66,9 @@ import keras
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
-from keras_tipsv2.data import ShapesWorld  # noqa: E402
-from keras_tipsv2.data import ShapesWorldBatches  # noqa: E402
-from keras_tipsv2.data.shapes_tokenizer import train_shapes_tokenizer  # noqa: E402
+from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
+from keras_tipsv2.shapes import ShapesWorldBatches  # noqa: E402
+from keras_tipsv2.shapes.tokenizer import train_shapes_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402
 from keras_tipsv2.training import TIPSv2Pretrainer  # noqa: E402
@@ -398,9 +398,9 @@ def planned_schedule(args, config, make_model, make_batch):
 
 
 def evaluate_and_write(backbone, proto, config, args, output, train_info):
-    from keras_tipsv2.evaluation.shapes_benchmark import evaluate_on_shapes
-    from keras_tipsv2.evaluation.shapes_benchmark import markdown_report
-    from keras_tipsv2.evaluation.shapes_benchmark import save_pictures
+    from keras_tipsv2.shapes.benchmark import evaluate_on_shapes
+    from keras_tipsv2.shapes.benchmark import markdown_report
+    from keras_tipsv2.shapes.benchmark import save_pictures
 
     tokenizer = TIPSv2Tokenizer(proto=proto, sequence_length=config["backbone"]["text_max_sequence_length"])
     held_out = shapes_world(config, "validation")

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 import keras_tipsv2  # noqa: F401  (registers the classes for from_preset)
-from keras_tipsv2.data.shapes import ShapesWorld, class_names
+from keras_tipsv2.shapes.world import ShapesWorld, class_names
 from keras_tipsv2.evaluation.foreground_probe import (
     ForegroundProbe,
     average_precision,

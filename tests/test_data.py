@@ -17,9 +17,9 @@ from keras_tipsv2.data.manifest import manifest_examples
 from keras_tipsv2.data.pipeline import SkipCounter
 from keras_tipsv2.data.pipeline import make_pretraining_dataset
 from keras_tipsv2.data.pipeline import raw_examples
-from keras_tipsv2.data.pipeline import shapes_examples
-from keras_tipsv2.data.shapes import ShapesWorld
-from keras_tipsv2.data.shapes import write_manifest
+from keras_tipsv2.shapes.examples import shapes_examples
+from keras_tipsv2.shapes.world import ShapesWorld
+from keras_tipsv2.shapes.world import write_manifest
 from keras_tipsv2.data.tfrecord import tfrecord_examples
 from keras_tipsv2.data.tfrecord import write_tfrecords
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer

@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tipsv2.data import ShapesWorld
-from keras_tipsv2.data import ShapesWorldBatches
+from keras_tipsv2.shapes import ShapesWorld
+from keras_tipsv2.shapes import ShapesWorldBatches
 from keras_tipsv2.data.pipeline import make_pretraining_dataset
-from keras_tipsv2.data.pipeline import shapes_examples
-from keras_tipsv2.data.shapes_batches import random_crop_box
-from keras_tipsv2.data.shapes_tokenizer import train_shapes_tokenizer
+from keras_tipsv2.shapes.examples import shapes_examples
+from keras_tipsv2.shapes.batches import random_crop_box
+from keras_tipsv2.shapes.tokenizer import train_shapes_tokenizer
 from keras_tipsv2.models.tipsv2_tokenizer import ascii_lower
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 
@@ -142,7 +142,7 @@ def test_works_where_tensorflow_is_not_installed(tmp_path, proto):
 import sys
 for name in ("tensorflow", "tensorflow_text"):
     sys.modules[name] = None  # import fails, find_spec says "not installed"
-from keras_tipsv2.data import ShapesWorld, ShapesWorldBatches
+from keras_tipsv2.shapes import ShapesWorld, ShapesWorldBatches
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 tokenizer = TIPSv2Tokenizer(proto={str(path)!r}, sequence_length=96)
 batch = ShapesWorldBatches(ShapesWorld(image_size=16), tokenizer, 2, 1, num_samples=4)[0]

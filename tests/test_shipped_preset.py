@@ -77,7 +77,7 @@ def test_zero_shot_guide_runs_on_the_preset(tmp_path):
 
 
 def test_segmenter_from_preset_finds_the_red_object():
-    from keras_tipsv2.data.shapes import ShapesWorld
+    from keras_tipsv2.shapes.world import ShapesWorld
 
     segmenter = TIPSv2ZeroShotSegmenter.from_preset(
         "tipsv2_tiny_shapes", short_side=64, window_size=64, window_stride=48

@@ -3,7 +3,8 @@
 A *raw example* is a dict with one of "image_path" / "image_bytes" /
 "image" (uint8 pixels), an "alt_text" string and a "captions" string vector
 (the richer caption pool, "" where missing). `manifest_examples`,
-`coco_examples`, `tfrecord_examples` and `shapes_examples` produce them; any
+`coco_examples`, `tfrecord_examples` and `keras_tipsv2.shapes.shapes_examples`
+produce them; any
 `tf.data.Dataset` of that structure can be brought instead.
 
 Examples whose image cannot be read or decoded, or whose captions are
@@ -23,7 +24,6 @@ from keras_tipsv2.data.common import check_caption_mode
 from keras_tipsv2.data.common import check_positive
 from keras_tipsv2.data.common import check_tokenizer_output
 from keras_tipsv2.data.manifest import manifest_examples
-from keras_tipsv2.data.shapes import ShapesWorld
 from keras_tipsv2.data.tfrecord import tfrecord_examples
 
 logger = logging.getLogger("keras_tipsv2.data")
@@ -74,64 +74,17 @@ def _log_skip(reason, name):
     )
 
 
-def shapes_examples(world, num_samples=None, start=0):
-    """Raw examples of a `ShapesWorld`, generated in memory (no disk).
-
-    Args:
-        world: the `ShapesWorld` (its split and seed choose the samples).
-        num_samples: None for an unlimited stream rendered on the fly;
-            otherwise this many samples are rendered once and kept in memory,
-            which is faster per epoch.
-        start: index of the first sample.
-
-    Returns:
-        Dataset of {"image" uint8 (S, S, 3), "alt_text",
-        "captions" [caption_short, caption_long]}.
-    """
-    size = world.image_size
-    signature = {
-        "image": tf.TensorSpec([size, size, 3], tf.uint8),
-        "alt_text": tf.TensorSpec([], tf.string),
-        "captions": tf.TensorSpec([2], tf.string),
-    }
-
-    def raw(index):
-        sample = world.sample(index)
-        captions = [sample["caption_short"], sample["caption_long"]]
-        return {"image": sample["image"], "alt_text": sample["alt_text"], "captions": captions}
-
-    if num_samples is None:
-
-        def stream():
-            index = start
-            while True:
-                yield raw(index)
-                index += 1
-
-        return tf.data.Dataset.from_generator(stream, output_signature=signature)
-    samples = [raw(i) for i in range(start, start + num_samples)]
-    return tf.data.Dataset.from_tensor_slices(
-        {
-            "image": np.stack([s["image"] for s in samples]),
-            "alt_text": [s["alt_text"] for s in samples],
-            "captions": [s["captions"] for s in samples],
-        }
-    )
-
-
 def raw_examples(source):
     """Returns the raw-example dataset of `source`.
 
     Args:
-        source: a `tf.data.Dataset` of raw examples, a `ShapesWorld`
-            (unlimited, in memory), a ".jsonl"/".csv" manifest path or a
+        source: a `tf.data.Dataset` of raw examples (for ShapesWorld,
+            `keras_tipsv2.shapes.shapes_examples(world)`), a ".jsonl"/".csv" manifest path or a
             TFRecord file pattern (".tfrecord" files). For COCO use
             `coco_examples(annotations_path, image_dir)`.
     """
     if isinstance(source, tf.data.Dataset):
         return _checked_raw_dataset(source)
-    if isinstance(source, ShapesWorld):
-        return shapes_examples(source)
     if isinstance(source, str):
         lowered = source.lower()
         if lowered.endswith((".jsonl", ".csv")):
@@ -144,7 +97,7 @@ def raw_examples(source):
         if "tfrecord" in lowered:
             return tfrecord_examples(source)
     raise ValueError(
-        "source must be a tf.data.Dataset of raw examples, a ShapesWorld, a "
+        "source must be a tf.data.Dataset of raw examples, a "
         f".jsonl/.csv manifest or a TFRecord pattern; got {source!r}."
     )
 

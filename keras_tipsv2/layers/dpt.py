@@ -446,9 +446,3 @@ def depth_from_bin_logits(logits, min_depth=0.001, max_depth=10.0):
     probs = weights / ops.sum(weights, axis=-1, keepdims=True)
     centres = ops.cast(ops.linspace(min_depth, max_depth, num_bins), probs.dtype)
     return ops.sum(probs * centres, axis=-1, keepdims=True)
-
-
-def l2_normalize_channels(x, epsilon=1e-12):
-    """Unit vectors along the last axis (surface normals)."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-    return x / ops.maximum(norm, epsilon)

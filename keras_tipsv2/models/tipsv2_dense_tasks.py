@@ -15,9 +15,9 @@ from keras_hub.models import Task
 from keras_tipsv2.layers.dpt import (
     TIPSv2DPTHead,
     depth_from_bin_logits,
-    l2_normalize_channels,
     resize_bilinear,
 )
+from keras_tipsv2.layers.functional import l2_normalize
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
 
 HEAD_TYPES = ("dpt", "linear")
@@ -113,7 +113,7 @@ class UnitVectors(keras.layers.Layer):
     """L2-normalises the last axis (normals stay unit after resizing)."""
 
     def call(self, inputs):
-        return l2_normalize_channels(inputs)
+        return l2_normalize(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -10,6 +10,8 @@ Notation: K prototypes, B images, N patch tokens per image, M local crops.
 
 from keras import ops
 
+from keras_tipsv2.layers.functional import l2_normalize
+
 
 def _f32(x):
     return ops.cast(x, "float32")
@@ -18,13 +20,6 @@ def _f32(x):
 def _no_grad(x):
     # convert first: torch's stop_gradient needs a tensor, not a NumPy array.
     return ops.stop_gradient(ops.convert_to_tensor(x))
-
-
-def l2_normalize(x, axis=-1, epsilon=1e-12):
-    """x / max(||x||, epsilon) along `axis` (PyTorch's F.normalize rule)."""
-    x = _f32(x)
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
-    return x / ops.maximum(norm, epsilon)
 
 
 def clip_contrastive_loss(image_embeddings, text_embeddings, temperature):
@@ -40,8 +35,8 @@ def clip_contrastive_loss(image_embeddings, text_embeddings, temperature):
         Scalar: (CE(image -> text) + CE(text -> image)) / 2, each averaged
         over the batch.
     """
-    x = l2_normalize(image_embeddings)
-    y = l2_normalize(text_embeddings)
+    x = l2_normalize(_f32(image_embeddings))
+    y = l2_normalize(_f32(text_embeddings))
     logits = ops.matmul(x, ops.transpose(y)) / _f32(temperature)
     batch = ops.shape(logits)[0]
     labels = ops.one_hot(ops.arange(batch), batch, dtype="float32")
@@ -203,7 +198,7 @@ def koleo_loss(embeddings, epsilon=1e-8):
     x are the L2-normalised rows of `embeddings` (B, D) and nn(i) is the
     other row with the largest dot product (DINOv2's estimator).
     """
-    x = l2_normalize(embeddings)
+    x = l2_normalize(_f32(embeddings))
     batch = ops.shape(x)[0]
     similarity = ops.matmul(x, ops.transpose(x))
     # Exclude the point itself from its neighbours.
@@ -236,7 +231,7 @@ def feature_matching_loss(student_features, teacher_features, mode="cosine", bet
     student = _f32(student_features)
     teacher = _f32(_no_grad(teacher_features))
     if mode == "cosine":
-        cosine = ops.sum(l2_normalize(student) * l2_normalize(teacher), axis=-1)
+        cosine = ops.sum(l2_normalize(_f32(student)) * l2_normalize(_f32(teacher)), axis=-1)
         return ops.mean(1.0 - cosine)
     difference = ops.abs(student - teacher)
     huber = ops.where(

@@ -282,7 +282,7 @@ def raw_source(args, world, num_samples):
     """Raw examples: the user's data, or `num_samples` of the ShapesWorld
     `world` rendered once into memory."""
     from keras_tipsv2.data import coco_examples
-    from keras_tipsv2.data import shapes_examples
+    from keras_tipsv2.shapes import shapes_examples
 
     if args.manifest:
         return args.manifest

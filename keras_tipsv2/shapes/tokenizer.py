@@ -13,8 +13,8 @@ import io
 
 import sentencepiece as spm
 
-from keras_tipsv2.data.shapes import VOCABULARIES
-from keras_tipsv2.data.shapes import class_names
+from keras_tipsv2.shapes.world import VOCABULARIES
+from keras_tipsv2.shapes.world import class_names
 from keras_tipsv2.models.prompt_templates import CLIP_IMAGENET_TEMPLATES
 from keras_tipsv2.models.prompt_templates import TCL_TEMPLATES
 from keras_tipsv2.models.prompt_templates import fill_templates

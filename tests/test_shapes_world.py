@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_tipsv2.data.shapes import COLOURS
-from keras_tipsv2.data.shapes import PALETTE
-from keras_tipsv2.data.shapes import SHAPES
-from keras_tipsv2.data.shapes import SPLIT_SIZE
-from keras_tipsv2.data.shapes import ShapesWorld
-from keras_tipsv2.data.shapes import class_names
-from keras_tipsv2.data.shapes import relation_phrase
-from keras_tipsv2.data.shapes import write_ade_layout
-from keras_tipsv2.data.shapes import write_manifest
+from keras_tipsv2.shapes.world import COLOURS
+from keras_tipsv2.shapes.world import PALETTE
+from keras_tipsv2.shapes.world import SHAPES
+from keras_tipsv2.shapes.world import SPLIT_SIZE
+from keras_tipsv2.shapes.world import ShapesWorld
+from keras_tipsv2.shapes.world import class_names
+from keras_tipsv2.shapes.world import relation_phrase
+from keras_tipsv2.shapes.world import write_ade_layout
+from keras_tipsv2.shapes.world import write_manifest
 from keras_tipsv2.evaluation.datasets import ade20k
 
 PAIR = re.compile(rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
@@ -223,8 +223,8 @@ def alt_words(sample):
 
 
 def test_describe_background_names_the_texture_and_changes_only_captions():
-    from keras_tipsv2.data.shapes import NOISE_WORDS
-    from keras_tipsv2.data.shapes import TEXTURE_WORDS
+    from keras_tipsv2.shapes.world import NOISE_WORDS
+    from keras_tipsv2.shapes.world import TEXTURE_WORDS
 
     plain, described = small_world(), small_world(describe_background=True)
     mentions = 0
@@ -245,7 +245,7 @@ def test_describe_background_names_the_texture_and_changes_only_captions():
 
 
 def test_empty_fraction_adds_background_only_images_and_leaves_the_others_untouched():
-    from keras_tipsv2.data.shapes import TEXTURE_WORDS
+    from keras_tipsv2.shapes.world import TEXTURE_WORDS
 
     plain = small_world(describe_background=True)
     mixed = small_world(describe_background=True, empty_fraction=0.3)

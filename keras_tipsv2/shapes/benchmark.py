@@ -31,9 +31,9 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-from keras_tipsv2.data.shapes import VOCABULARIES
-from keras_tipsv2.data.shapes import class_names
-from keras_tipsv2.data.shapes import object_class
+from keras_tipsv2.shapes.world import VOCABULARIES
+from keras_tipsv2.shapes.world import class_names
+from keras_tipsv2.shapes.world import object_class
 from keras_tipsv2.evaluation.miou import SegmentationScore
 from keras_tipsv2.evaluation.pictures import segmentation_picture
 from keras_tipsv2.evaluation.retrieval import cosine_similarities

@@ -25,7 +25,7 @@ from keras_tipsv2.data.common import LOCAL_CROP_SCALE
 from keras_tipsv2.data.common import check_caption_mode
 from keras_tipsv2.data.common import check_positive
 from keras_tipsv2.data.common import check_tokenizer_output
-from keras_tipsv2.data.shapes import ShapesWorld
+from keras_tipsv2.shapes.world import ShapesWorld
 
 CROP_ATTEMPTS = 10
 
