@@ -153,7 +153,7 @@ def backbone_from_hf(config, state_dict, dtype=None, **overrides):
 
     `state_dict` values may be numpy arrays or CPU torch tensors. Keyword
     arguments override the backbone config read from `config` (e.g.
-    `vision_attention_implementation`).
+    `dtype`, `image_shape`).
     """
     arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
     return backbone_from_checkpoint(read_hf(config, arrays), dtype=dtype, **overrides)

@@ -12,9 +12,9 @@ import numpy as np
 from keras import ops
 from PIL import Image
 
-from keras_tipsv2.layers import compiled_call
 from keras_tipsv2.layers.functional import l2_normalize
 from keras_tipsv2.models import prompt_templates
+from keras_tipsv2.models import tipsv2_inference
 from keras_tipsv2.models.tipsv2_image_converter import short_side_size
 
 _MODES = ("slide", "whole")
@@ -236,7 +236,7 @@ class TIPSv2ZeroShotSegmenter:
                     f"templates must be 'tcl', 'imagenet' or a list; got {templates!r}."
                 )
             templates = named[templates]
-        with compiled_call.inference_scope():
+        with tipsv2_inference.inference_scope():
             embeddings = prompt_templates.class_text_embeddings(
                 self.backbone, self.tokenizer, list(class_names), list(templates)
             )
@@ -264,7 +264,7 @@ class TIPSv2ZeroShotSegmenter:
             raise ValueError(
                 f"Got {len(class_names)} class names for {num_classes} embeddings."
             )
-        with compiled_call.inference_scope():
+        with tipsv2_inference.inference_scope():
             self.class_embeddings = l2_normalize(embeddings)
         self.class_names = list(class_names)
         self.background_threshold = background_threshold
@@ -299,7 +299,7 @@ class TIPSv2ZeroShotSegmenter:
             image = np.asarray(image.convert("RGB"))
         original_size = np.asarray(image).shape[:2]
         size = tuple(int(n) for n in (output_size or original_size))
-        with compiled_call.inference_scope():
+        with tipsv2_inference.inference_scope():
             labels, scores = self._labels_and_scores(image, mode, values_trick, size)
         return {
             "labels": ops.convert_to_numpy(labels).astype("int32"),
@@ -325,10 +325,9 @@ class TIPSv2ZeroShotSegmenter:
                 return labels_and_scores(s, size)
 
         # Everything after the backbone passes runs as one compiled function
-        # per image geometry (benchmarks/RESULTS.md: on JAX these ops,
-        # dispatched one by one at image resolution, took longer than on
-        # TensorFlow by a second per image).
-        return compiled_call.compiled_function(self, (mode, geometry), finish, scores)
+        # per image geometry: on JAX, these ops dispatched one by one at image
+        # resolution cost more than the tower call itself.
+        return tipsv2_inference.compiled(self, (mode, geometry), finish)(scores)
 
     def _prepared_image(self, image):
         """Float (H', W', 3) with the short side resized as the protocol says."""
