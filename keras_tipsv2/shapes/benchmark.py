@@ -18,7 +18,7 @@ scale:
 * image->text and text->image recall@1 from CLS_1 and CLS_2 against the short
   captions (see `caption_relevance`).
 
-The prototype of issue 7 showed why the floor and the ceiling matter: with
+The floor and the ceiling matter: with
 objects of two or three patches even a perfect patch classifier is far from
 mIoU 1, and an untrained model scores about the floor.
 """
