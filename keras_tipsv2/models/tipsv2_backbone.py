@@ -8,6 +8,8 @@ from keras_hub.models import Backbone
 from keras_tipsv2.layers import compiled_call
 from keras_tipsv2.layers.temperature import ContrastiveTemperature
 from keras_tipsv2.layers.vision_embedding import centre_pad_to_multiple
+from keras_tipsv2.models.tipsv2_backbone_config import check_backbone_config
+from keras_tipsv2.models.tipsv2_inputs import block_indices, checked_images, checked_token_ids
 from keras_tipsv2.models.tipsv2_text_encoder import TIPSv2TextEncoder
 from keras_tipsv2.models.tipsv2_vision_encoder import TIPSv2VisionEncoder
 
@@ -89,12 +91,7 @@ class TIPSv2Backbone(Backbone):
         dtype=None,
         **kwargs,
     ):
-        if vision_hidden_dim != text_hidden_dim:
-            raise ValueError(
-                "TIPSv2 compares image and text embeddings directly, so "
-                f"vision_hidden_dim ({vision_hidden_dim}) must equal "
-                f"text_hidden_dim ({text_hidden_dim})."
-            )
+        check_backbone_config(locals())
         # === Layers ===
         self.vision_encoder = TIPSv2VisionEncoder(
             patch_size=vision_patch_size,
@@ -180,31 +177,6 @@ class TIPSv2Backbone(Backbone):
         self.initial_temperature = initial_temperature
         self.image_shape = tuple(image_shape)
 
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads a preset: a KerasHub preset, or a checkpoint converted on the fly.
-
-        Accepts, besides KerasHub presets (built-in names, local directories,
-        `kaggle://`, `hf://` repos in KerasHub format):
-        - a Hugging Face `transformers` TIPSv2 checkpoint, local or `hf://`
-          (config.json with model_type "tipsv2" + model.safetensors);
-        - `tips-npz://URL_PREFIX`, the official npz pair
-          `URL_PREFIX_vision.npz` / `URL_PREFIX_text.npz`.
-        Keyword arguments (e.g. `dtype`, `image_shape`) override the config.
-        """
-        from keras_tipsv2.models import tipsv2_preset_loading
-
-        checkpoint = tipsv2_preset_loading.checkpoint_for(preset)
-        if checkpoint is None:
-            return super().from_preset(preset, load_weights=load_weights, **kwargs)
-        from keras_tipsv2.convert.loading import backbone_from_checkpoint
-
-        if not load_weights:
-            config = dict(checkpoint.config)
-            config.update(kwargs)
-            return cls(**config)
-        return backbone_from_checkpoint(checkpoint, **kwargs)
-
     @property
     def token_embedding(self):
         return self.text_encoder.embedding.token_embedding
@@ -218,7 +190,8 @@ class TIPSv2Backbone(Backbone):
         """Runs the image tower alone.
 
         Args:
-            images: (B, H, W, 3) floats in [0, 1].
+            images: (B, H, W, 3) floats in [0, 1] or uint8, or image paths
+                / PIL images of one size (see `tipsv2_inputs`).
             masks: optional (B, h, w) bool patch mask (iBOT masking).
             training: enables stochastic depth.
             values_trick: None, "values" (the TIPS zero-shot segmentation
@@ -233,12 +206,7 @@ class TIPSv2Backbone(Backbone):
         without it the towers also take oneDNN's matmul on CPU in float32
         and compute their activations in place (benchmarks/RESULTS.md).
         """
-        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
-        if len(images.shape) != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                "encode_images expects images of shape (batch, height, width, 3); "
-                f"got {tuple(images.shape)}."
-            )
+        images = checked_images(images, self.compute_dtype, "encode_images", not training)
         if masks is not None:
             masks = ops.convert_to_tensor(masks)
         if not training and compiled_call.runs_eagerly(images, masks):
@@ -261,15 +229,13 @@ class TIPSv2Backbone(Backbone):
         )
 
     def encode_text(self, token_ids, padding_mask, training=False):
-        """Runs the text tower alone: (B, T) ids and mask -> (B, D) pooled."""
-        token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
-        padding_mask = ops.convert_to_tensor(padding_mask, dtype="int32")
-        if len(token_ids.shape) != 2 or token_ids.shape != padding_mask.shape:
-            raise ValueError(
-                "encode_text expects token_ids and padding_mask of the same "
-                f"shape (batch, length); got {tuple(token_ids.shape)} and "
-                f"{tuple(padding_mask.shape)}."
-            )
+        """Runs the text tower alone: (B, T) ids and mask -> (B, D) pooled.
+
+        Ids outside [0, text_vocabulary_size) are refused (`tipsv2_inputs`).
+        """
+        token_ids, padding_mask = checked_token_ids(
+            token_ids, padding_mask, self.text_vocabulary_size, not training
+        )
         if not training and compiled_call.runs_eagerly(token_ids, padding_mask):
             # Inference: compiled per input shape as in encode_images, and on
             # torch/CPU in calls of a few texts (`texts_per_call`).
@@ -286,14 +252,15 @@ class TIPSv2Backbone(Backbone):
         return self.text_encoder(token_ids, padding_mask=padding_mask, training=training)
 
     def get_intermediate_layers(self, images, indices):
-        """Final-normed outputs of the blocks at 0-based `indices`.
+        """Final-normed outputs of the blocks at 0-based `indices` (negative
+        ones count from the end), or of the last n blocks for an int n.
 
         Returns a list of {"cls_tokens", "patch_tokens"} dicts, one per index,
         as the official `get_intermediate_layers(..., norm=True)` and the DPT
         heads use them.
         """
-        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
-        indices = tuple(int(i) for i in indices)
+        images = checked_images(images, self.compute_dtype, "get_intermediate_layers")
+        indices = block_indices(indices, self.vision_num_layers)
         if compiled_call.runs_eagerly(images):
             # Compiled per (indices, input shape), as encode_images.
             return self._image_inference_call(

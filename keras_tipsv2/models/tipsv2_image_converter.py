@@ -16,6 +16,16 @@ RESIZE_MODES = ("square", "short_side")
 DEFAULT_INTERPOLATION = {"square": "bilinear", "short_side": "bicubic"}
 
 
+def preset_image_size(preset, default=448):
+    """The side of the square images a preset's image converter makes;
+    `default` (the published models' 448) for a preset without one."""
+    try:
+        size = TIPSv2ImageConverter.from_preset(preset).image_size
+    except FileNotFoundError:
+        return default
+    return size[0] if size else default
+
+
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
 class TIPSv2ImageConverter(ImageConverter):
     """Turns raw images into TIPSv2 inputs: RGB float32 in [0, 1], resized.

@@ -14,6 +14,9 @@ from keras import ops
 from keras_tipsv2.layers import compiled_call
 from keras_tipsv2.layers.functional import l2_normalize
 from keras_tipsv2.models import prompt_templates
+from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.models.tipsv2_image_converter import preset_image_size
+from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 from keras_tipsv2.models.tipsv2_images import (
     as_float,
     image_array,
@@ -114,7 +117,7 @@ class TIPSv2ZeroShotSegmenter:
 
     Example:
     ```python
-    segmenter = TIPSv2ZeroShotSegmenter.from_preset("tipsv2_l14")
+    segmenter = TIPSv2ZeroShotSegmenter.from_preset("tipsv2_tiny_shapes")
     segmenter.set_classes(["cat", "grass", "sky"])
     result = segmenter.segment(image)        # (H, W, 3) uint8 or [0, 1] floats
     result["labels"], result["scores"]       # (H, W), (H, W, 3)
@@ -142,13 +145,19 @@ class TIPSv2ZeroShotSegmenter:
         self.background_threshold = None
 
     @classmethod
-    def from_preset(cls, preset, **kwargs):
-        """Loads the backbone and tokenizer of a preset (name or local dir)."""
-        from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
-        from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """A segmenter on the backbone and tokenizer of a preset.
 
+        Takes every preset `TIPSv2Backbone.from_preset` takes. The short
+        side and the window default to the preset's image size (448 for
+        the published models) and the stride to 3/4 of the window, the
+        protocol's 448 / 336; keyword arguments override them.
+        """
+        kwargs.setdefault("short_side", preset_image_size(preset))
+        kwargs.setdefault("window_size", kwargs["short_side"])
+        kwargs.setdefault("window_stride", max(1, kwargs["window_size"] * 3 // 4))
         return cls(
-            TIPSv2Backbone.from_preset(preset),
+            TIPSv2Backbone.from_preset(preset, load_weights=load_weights),
             TIPSv2Tokenizer.from_preset(preset),
             **kwargs,
         )
