@@ -191,16 +191,7 @@ class TIPSv2ZeroShotSegmenter:
                 "set_classes needs a tokenizer; pass one to the constructor or "
                 "give precomputed embeddings to set_class_embeddings."
             )
-        if isinstance(templates, str):
-            named = {
-                "tcl": prompt_templates.TCL_TEMPLATES,
-                "imagenet": prompt_templates.CLIP_IMAGENET_TEMPLATES,
-            }
-            if templates not in named:
-                raise ValueError(
-                    f"templates must be 'tcl', 'imagenet' or a list; got {templates!r}."
-                )
-            templates = named[templates]
+        templates = prompt_templates.resolve_templates(templates)
         with compiled_call.inference_scope():
             embeddings = prompt_templates.class_text_embeddings(
                 self.backbone, self.tokenizer, list(class_names), list(templates)
