@@ -95,6 +95,17 @@ def found_tokenizer(args):
     )
 
 
+def checked_tokenizer(path):
+    """`path`, if it holds a SentencePiece model; else a ValueError naming it."""
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=path)
+    except Exception as e:  # sentencepiece's errors name no file
+        raise ValueError(f"{path} is not a SentencePiece tokenizer model: {e}") from e
+    return path
+
+
 def convert(args):
     if args.dpt:
         return convert_dpt(args)
@@ -111,13 +122,16 @@ def convert(args):
     else:
         vision, text = load_npz(args.vision), load_npz(args.text)
         checkpoint = read_official(
-            vision, text, source=os.path.basename(args.vision), num_heads=args.num_heads
+            vision,
+            text,
+            source=f"{os.path.basename(args.vision)} / {os.path.basename(args.text)}",
+            num_heads=args.num_heads,
         )
         # The position table covers the training resolution.
         image_size = checkpoint.config["vision_position_grid"][0] * checkpoint.config.get(
             "vision_patch_size", 14
         )
-    tokenizer = found_tokenizer(args)
+    tokenizer = checked_tokenizer(found_tokenizer(args))
     backbone = backbone_from_checkpoint(checkpoint)
     path = write_preset(
         backbone, args.output, tokenizer, image_size=image_size, overwrite=args.overwrite
@@ -135,7 +149,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         convert(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing or existing files, no network
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -199,13 +199,19 @@ def fetch_url(url, preset):
 
 @contextlib.contextmanager
 def naming(path):
-    """Re-raises a ValueError / TypeError / OSError with `path` in front."""
+    """Re-raises an error as a ValueError with `path` in front (a missing
+    file or an unreachable hub keeps its own type and message)."""
     try:
         yield
-    except (ValueError, TypeError, OSError) as e:
-        if str(path) in str(e):
+    except (FileNotFoundError, ConnectionError):
+        raise
+    except Exception as e:  # e.g. SentencePiece's InternalError names no file
+        if str(path) in str(e) and isinstance(e, ValueError):
             raise
-        raise ValueError(f"{path}: {e}") from e
+        # Keras wraps a constructor's error in a page about from_config and
+        # the whole config; the constructor's own words are the message.
+        message = str(e).rsplit("Exception encountered: ", 1)[-1]
+        raise ValueError(f"{path}: {message}") from e
 
 
 # --- Checkpoints converted as they load ----------------------------------
@@ -280,7 +286,13 @@ class TransformersCheckpointLoader(CheckpointLoader):
         try:
             weights = self._file("model.safetensors")
         except FileNotFoundError:
-            index = self._file("model.safetensors.index.json")
+            try:
+                index = self._file("model.safetensors.index.json")
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"No model.safetensors (nor a sharded model.safetensors.index.json) "
+                    f"in {self.handle}: the checkpoint has no weights."
+                ) from None
             for shard in sorted(set(read_json(index).get("weight_map", {}).values())):
                 weights = self._file(shard)
         directory = os.path.dirname(weights)
@@ -315,7 +327,8 @@ class OfficialNpzLoader(CheckpointLoader):
 
         vision = load_npz(fetch_url(f"{self.prefix}_vision.npz", self.preset))
         text = load_npz(fetch_url(f"{self.prefix}_text.npz", self.preset))
-        return read_official(vision, text, source=os.path.basename(self.prefix))
+        source = f"{os.path.basename(self.prefix)}_vision.npz / _text.npz"
+        return read_official(vision, text, source=source)
 
     def tokenizer_file(self):
         here = self.prefix.rsplit("/", 1)[0] if "/" in self.prefix else "."
@@ -393,7 +406,17 @@ class StrictPresetLoader(KerasPresetLoader):
         with naming(self._path(config_file)):
             tokenizer = self._load_serialized_object(config, **kwargs)
         if hasattr(tokenizer, "load_preset_assets"):
-            tokenizer.load_preset_assets(self.preset)
+            assets = os.path.join(preset_utils.ASSET_DIR, config_file.split(".")[0])
+            where = os.path.join(os.path.dirname(self._path(config_file)), assets)
+            try:
+                tokenizer.load_preset_assets(self.preset)
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # SentencePiece's errors name no file
+                raise ValueError(
+                    f"{where}: {tokenizer.file_assets} could not be loaded as the "
+                    f"tokenizer's model (damaged or not a SentencePiece file?): {e}"
+                ) from e
         return tokenizer
 
     def load_image_converter(self, cls, **kwargs):

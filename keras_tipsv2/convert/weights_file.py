@@ -77,8 +77,8 @@ def check_weights_file(path, variables, what):
         if extra:
             shown = ", ".join(extra[:4]) + (f" and {len(extra) - 4} more" if len(extra) > 4 else "")
             message += f" No place in the model for: {shown}."
-        message += (
-            " The config does not describe the saved model: a field is missing "
-            "or wrong (for LayerScale gammas, vision_layer_scale: true)."
-        )
+    message += (
+        " The config does not describe the saved model: a field is missing or "
+        "wrong (a width, a count, or for LayerScale gammas vision_layer_scale: true)."
+    )
     raise ValueError(message)
