@@ -9,6 +9,7 @@ legend of the classes found.
 """
 
 import argparse
+import sys
 
 from keras_tipsv2.evaluation.pca import pca_image
 from keras_tipsv2.evaluation.pictures import segmentation_picture
@@ -66,4 +67,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.cli import run
+
+    sys.exit(run(main))

@@ -146,13 +146,10 @@ def convert(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        convert(args)
-    except (ValueError, OSError) as e:  # OSError: missing or existing files, no network
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """Runs the conversion; returns the exit status (errors as one line)."""
+    from keras_tipsv2.cli import run
+
+    return run(lambda a: convert(parse_args(a)), argv)
 
 
 if __name__ == "__main__":
