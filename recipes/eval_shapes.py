@@ -26,7 +26,7 @@ from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
 from keras_tipsv2.shapes.benchmark import evaluate_on_shapes  # noqa: E402
 from keras_tipsv2.shapes.benchmark import markdown_report  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
-from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter  # noqa: E402
+from keras_tipsv2.models.tipsv2_image_converter import preset_image_size  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402
 
 
@@ -42,11 +42,6 @@ def parse_args(argv=None):
     parser.add_argument("--templates", choices=("tcl", "imagenet"), default="tcl")
     parser.add_argument("--json", help="also write the results to this file")
     return parser.parse_args(argv)
-
-
-def preset_image_size(preset):
-    converter = TIPSv2ImageConverter.from_preset(preset)
-    return int(converter.image_size[0])
 
 
 def main(argv=None):
@@ -72,4 +67,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.cli import run
+
+    sys.exit(run(main))

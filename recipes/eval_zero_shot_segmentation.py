@@ -11,6 +11,7 @@ Saved notebook output for TIPSv2 L/14 on ADE20K-150: mIoU 25.06.
 """
 
 import argparse
+import sys
 
 import keras_tipsv2  # noqa: F401  (registers the classes for from_preset)
 from keras_tipsv2.evaluation.datasets import DATASETS
@@ -82,4 +83,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.cli import run
+
+    sys.exit(run(main))

@@ -574,4 +574,6 @@ def run(args):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.cli import run
+
+    sys.exit(run(main))

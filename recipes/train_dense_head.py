@@ -13,6 +13,7 @@ runs the official foreground-segmentation linear probe instead
 """
 
 import argparse
+import sys
 
 import keras
 import numpy as np
@@ -144,4 +145,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.cli import run
+
+    sys.exit(run(main))

@@ -45,6 +45,8 @@ def _write_atomically(save, output, overwrite):
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tipsv2-preset-", dir=parent)
     try:
+        # mkdtemp makes the folder private (0700); a preset is for sharing.
+        os.chmod(staging, 0o777 & ~_umask())
         save(staging)
         if os.path.exists(output):
             shutil.rmtree(output)
@@ -53,6 +55,12 @@ def _write_atomically(save, output, overwrite):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _save_preprocessing(directory, tokenizer_proto, image_size, sequence_length):

@@ -6,6 +6,8 @@ from keras_tipsv2.kernels import policy as kernels
 from keras_tipsv2.layers.temperature import ContrastiveTemperature
 from keras_tipsv2.layers.vision_embedding import centre_pad_to_multiple
 from keras_tipsv2.models import tipsv2_inference
+from keras_tipsv2.models.tipsv2_backbone_config import check_backbone_config
+from keras_tipsv2.models.tipsv2_inputs import block_indices, checked_images, checked_token_ids
 from keras_tipsv2.models.tipsv2_text_encoder import TIPSv2TextEncoder
 from keras_tipsv2.models.tipsv2_vision_encoder import TIPSv2VisionEncoder
 
@@ -82,12 +84,7 @@ class TIPSv2Backbone(Backbone):
         dtype=None,
         **kwargs,
     ):
-        if vision_hidden_dim != text_hidden_dim:
-            raise ValueError(
-                "TIPSv2 compares image and text embeddings directly, so "
-                f"vision_hidden_dim ({vision_hidden_dim}) must equal "
-                f"text_hidden_dim ({text_hidden_dim})."
-            )
+        check_backbone_config(locals())
         # === Layers ===
         self.vision_encoder = TIPSv2VisionEncoder(
             patch_size=vision_patch_size,
@@ -172,31 +169,6 @@ class TIPSv2Backbone(Backbone):
         self.image_shape = tuple(image_shape)
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads a preset: a KerasHub preset, or a checkpoint converted on the fly.
-
-        Accepts, besides KerasHub presets (built-in names, local directories,
-        `kaggle://`, `hf://` repos in KerasHub format):
-        - a Hugging Face `transformers` TIPSv2 checkpoint, local or `hf://`
-          (config.json with model_type "tipsv2" + model.safetensors);
-        - `tips-npz://URL_PREFIX`, the official npz pair
-          `URL_PREFIX_vision.npz` / `URL_PREFIX_text.npz`.
-        Keyword arguments (e.g. `dtype`, `image_shape`) override the config.
-        """
-        from keras_tipsv2.models import tipsv2_preset_loading
-
-        checkpoint = tipsv2_preset_loading.checkpoint_for(preset)
-        if checkpoint is None:
-            return super().from_preset(preset, load_weights=load_weights, **kwargs)
-        from keras_tipsv2.convert.loading import backbone_from_checkpoint
-
-        if not load_weights:
-            config = dict(checkpoint.config)
-            config.update(kwargs)
-            return cls(**config)
-        return backbone_from_checkpoint(checkpoint, **kwargs)
-
-    @classmethod
     def from_config(cls, config):
         # Presets written by keras_tipsv2 0.1 name the attention path they
         # ran; that choice is `keras_tipsv2.kernels`'s now.
@@ -225,7 +197,8 @@ class TIPSv2Backbone(Backbone):
         which is also when the CPU kernels apply.
 
         Args:
-            images: (B, H, W, 3) floats in [0, 1]. Sides that are not a
+            images: (B, H, W, 3) floats in [0, 1] or uint8, or image paths /
+                PIL images of one size (`tipsv2_inputs`). Sides that are not a
                 multiple of the patch size are centre-padded.
             masks: optional (B, h, w) bool patch mask (iBOT masking).
             training: enables stochastic depth.
@@ -242,12 +215,7 @@ class TIPSv2Backbone(Backbone):
         out["patch_tokens"].shape   # (2, 16, 16, D) for patch 14
         ```
         """
-        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
-        if len(images.shape) != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                "encode_images expects images of shape (batch, height, width, 3); "
-                f"got {tuple(images.shape)}."
-            )
+        images = checked_images(images, self.compute_dtype, "encode_images", not training)
         if masks is not None:
             masks = ops.convert_to_tensor(masks)
         if training or not tipsv2_inference.runs_eagerly(images, masks):
@@ -268,7 +236,8 @@ class TIPSv2Backbone(Backbone):
         """Runs the text tower alone, compiled at inference as `encode_images`.
 
         Args:
-            token_ids: (B, T) int, T <= `text_max_sequence_length`.
+            token_ids: (B, T) int in [0, `text_vocabulary_size`), T <=
+                `text_max_sequence_length`; other ids are refused.
             padding_mask: (B, T), 1 = real token.
             training: unused by the text tower; a train step passes True to
                 run the layers uncompiled.
@@ -282,14 +251,9 @@ class TIPSv2Backbone(Backbone):
         text = backbone.encode_text(tokens["token_ids"], tokens["padding_mask"])
         ```
         """
-        token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
-        padding_mask = ops.convert_to_tensor(padding_mask, dtype="int32")
-        if len(token_ids.shape) != 2 or token_ids.shape != padding_mask.shape:
-            raise ValueError(
-                "encode_text expects token_ids and padding_mask of the same "
-                f"shape (batch, length); got {tuple(token_ids.shape)} and "
-                f"{tuple(padding_mask.shape)}."
-            )
+        token_ids, padding_mask = checked_token_ids(
+            token_ids, padding_mask, self.text_vocabulary_size, not training
+        )
         if training or not tipsv2_inference.runs_eagerly(token_ids, padding_mask):
             return self.text_encoder(token_ids, padding_mask=padding_mask)
         encode = tipsv2_inference.compiled(
@@ -301,21 +265,24 @@ class TIPSv2Backbone(Backbone):
         return encode(token_ids, padding_mask)
 
     def get_intermediate_layers(self, images, indices):
-        """Final-normed outputs of the image tower's blocks at `indices`.
+        """Final-normed outputs of the image tower's blocks at `indices`
+        (negative ones count from the end), or of the last n blocks for an
+        int n.
 
         What the official `get_intermediate_layers(..., norm=True)` returns
         and what the DPT heads read; compiled at inference as
         `encode_images`.
 
         Args:
-            images: (B, H, W, 3) floats in [0, 1].
-            indices: 0-based block indices.
+            images: (B, H, W, 3) floats in [0, 1], as `encode_images`.
+            indices: block indices (0-based, negative from the end), or an
+                int n for the last n blocks.
 
         Returns:
             A list of {"cls_tokens", "patch_tokens"} dicts, one per index.
         """
-        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
-        indices = tuple(int(i) for i in indices)
+        images = checked_images(images, self.compute_dtype, "get_intermediate_layers")
+        indices = block_indices(indices, self.vision_num_layers)
         if not tipsv2_inference.runs_eagerly(images):
             return self.vision_encoder.intermediate_layers(images, indices)
         attention_fn = kernels.attention_fn(self.compute_dtype)

@@ -39,9 +39,7 @@ from keras_tipsv2.evaluation.pictures import segmentation_picture
 from keras_tipsv2.evaluation.retrieval import cosine_similarities
 from keras_tipsv2.models.prompt_templates import class_text_embeddings
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import image_as_array
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import resize_bicubic
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import upsampled_scores
+from keras_tipsv2.models.tipsv2_images import image_as_array, resize_bicubic, upsampled_scores
 from keras_tipsv2.evaluation.pca import pca_image
 
 VALUES_TRICKS = ("values", "values_no_residual")
