@@ -1,24 +1,32 @@
-"""Runs `recipes/pretrain.py` with its arguments, pausing inside one write if asked.
+"""Runs `recipes/pretrain.py` in forked processes that a test kills, for `test_crash_safety.py`.
 
-For the kill test (`test_crash_safety.py`), which must kill the recipe at
-moments too short to hit by timing. CRASH_PAUSE names a write and which of
-this process's writes of that kind to stop in; on reaching it the harness
-creates the file CRASH_MARKER and sleeps until it is killed:
+Importing Keras, TensorFlow and a backend takes most of a tiny run's time,
+and the kill test starts seven runs. So this server imports the recipe
+once, then forks one process per request, which puts itself in a process
+group of its own and runs `pretrain.main(argv)` exactly as
+`python recipes/pretrain.py ARGV` would. The test kills that group with
+SIGKILL.
 
-    CRASH_PAUSE=checkpoint-states:N   in the N-th checkpoint save: the weights
-                                      are in the temporary file, the random
-                                      states not yet
-    CRASH_PAUSE=checkpoint-replace:N  the N-th checkpoint complete in its
-                                      temporary file, not yet moved into place
-    CRASH_PAUSE=preset-build:N        the N-th preset half-written in its
-                                      staging folder
+Protocol: one JSON request a line on stdin, {"argv": [...], "log": path,
+"pause": spec or null, "marker": path}; the server answers {"started": pid}
+at once and {"exited": pid, "status": code} when that process has ended
+(-9 when killed), then reads the next request.
 
-    python tests/crash_harness.py --quick --steps 10 --output runs/x
+A pause stops the run inside one write, a moment too short to hit by timing:
+on reaching it, the run creates the file `marker` and sleeps until killed.
+
+    checkpoint-states:N   in its N-th checkpoint save: the weights are in
+                          the temporary file, the random states not yet
+    checkpoint-replace:N  its N-th checkpoint complete in the temporary
+                          file, not yet moved into place
+    preset-build:N        its N-th preset half-written in the staging folder
 """
 
+import json
 import os
 import sys
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "recipes")]
@@ -30,8 +38,8 @@ from keras_tipsv2.utils import atomic_files  # noqa: E402
 
 
 def pause_in(module, name, ordinal, marker, when=lambda *args: True):
-    """Wraps `module.name` so its `ordinal`-th matching call stops the process
-    before doing its work."""
+    """Wraps `module.name` so that its `ordinal`-th call for which `when`
+    holds stops the process before doing its work."""
     original = getattr(module, name)
     calls = []
 
@@ -54,16 +62,50 @@ def install_pause(spec, marker):
         pause_in(resumable_fit, "_write_random_states", ordinal, marker)
     elif kind == "checkpoint-replace":
         # `_sync_file` runs on the complete temporary just before `os.replace`.
-        is_checkpoint = lambda path: path.endswith(resumable_fit.CHECKPOINT_FILE)  # noqa: E731
+        def is_checkpoint(path):
+            return path.endswith(resumable_fit.CHECKPOINT_FILE)
+
         pause_in(atomic_files, "_sync_file", ordinal, marker, when=is_checkpoint)
     elif kind == "preset-build":
-        # Called after the backbone is saved into the staging folder.
+        # Called once the backbone is saved into the staging folder.
         pause_in(preset, "_save_preprocessing", ordinal, marker)
     else:
-        raise SystemExit(f"Unknown CRASH_PAUSE {spec!r}.")
+        raise ValueError(f"Unknown pause {spec!r}.")
+
+
+def run(request):
+    """The forked process: a process group of its own, output to the log."""
+    os.setsid()
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    status = 0
+    try:
+        if request.get("pause"):
+            install_pause(request["pause"], request["marker"])
+        pretrain.main(request["argv"])
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def answer(message):
+    print(json.dumps(message), flush=True)
+
+
+def serve():
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            run(request)
+        answer({"started": pid})
+        _, status = os.waitpid(pid, 0)
+        answer({"exited": pid, "status": os.waitstatus_to_exitcode(status)})
 
 
 if __name__ == "__main__":
-    if os.environ.get("CRASH_PAUSE"):
-        install_pause(os.environ["CRASH_PAUSE"], os.environ["CRASH_MARKER"])
-    pretrain.main(sys.argv[1:])
+    serve()

@@ -1,7 +1,7 @@
 """A pretraining run killed five times ends with the weights of an uninterrupted one.
 
-The recipe runs in real subprocesses (`crash_harness.py`), each killed with
-SIGKILL to its process group: at a random moment of its start, inside a
+The recipe runs in real processes (forked by `crash_harness.py` after one
+import of Keras), each killed with SIGKILL to its process group: at a random moment of its start, inside a
 checkpoint write (weights written, random states not yet), at a random
 moment of training, with a complete checkpoint not yet moved into place,
 and with the final preset half-written. A last run completes. Its
@@ -10,8 +10,10 @@ folder must hold no temporaries and its CSV log one row per epoch.
 """
 
 import csv
+import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -41,62 +43,93 @@ def tokenizer(tmp_path_factory):
 
 
 class Runs:
-    """Starts the harness on one run folder and kills it."""
+    """Starts runs of the recipe on `crash_harness.py`'s server and kills them."""
 
     def __init__(self, root, tokenizer):
-        self.root = root
-        self.env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-        # JAX compiles the same train step in every process: a shared
-        # persistent cache keeps the restarts short (same executables).
-        cache = str(root / "jax_cache")
-        self.env.update(
-            JAX_COMPILATION_CACHE_DIR=cache,
+        self.root, self.tokenizer, self.count = root, tokenizer, 0
+        env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+        # JAX compiles the same train step in every run: a persistent cache
+        # shared by the runs keeps the restarts short (same executables).
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         )
-        self.tokenizer = tokenizer
-        self.count = 0
+        self.server_log = open(root / "server.txt", "w")
+        self.server = subprocess.Popen(
+            [sys.executable, HARNESS], env=env, cwd=str(root),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.server_log,
+        )  # fmt: skip
+        self.buffer = b""
+
+    def close(self):
+        self.server.stdin.close()
+        self.server.wait(60)
+        self.server_log.close()
+
+    def _message(self, timeout):
+        """The server's next message, or None if none came within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.server.stdout], [], [], left)[0]:
+                return None
+            chunk = os.read(self.server.stdout.fileno(), 4096)
+            if not chunk:
+                raise AssertionError(f"the harness server died; see {self.server_log.name}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
 
     def start(self, output, pause=None):
         self.count += 1
-        env = dict(self.env)
-        marker = str(self.root / f"paused-{self.count}")
-        if pause:
-            env.update(CRASH_PAUSE=pause, CRASH_MARKER=marker)
-        flags = [
+        run = Run(
+            log=str(self.root / f"run-{self.count}.txt"),
+            marker=str(self.root / f"paused-{self.count}"),
+        )
+        argv = [
             "--quick", "--steps", str(STEPS), "--checkpoint-every", "1", "--no-eval",
             "--verbose", "0", "--tokenizer", self.tokenizer, "--output", str(output),
         ]  # fmt: skip
-        log = open(self.root / f"log-{self.count}.txt", "w")
-        process = subprocess.Popen(
-            [sys.executable, HARNESS, *flags], env=env, cwd=str(self.root),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        process.marker, process.log = marker, log.name
-        return process
+        request = {"argv": argv, "log": run.log, "pause": pause, "marker": run.marker}
+        self.server.stdin.write((json.dumps(request) + "\n").encode())
+        self.server.stdin.flush()
+        run.pid = self._message(60)["started"]
+        return run
 
-    @staticmethod
-    def kill(process):
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    def ended(self, run, timeout=0.0):
+        """The run's exit status once it has ended, else None."""
+        message = self._message(timeout)
+        if message is not None:
+            assert message["exited"] == run.pid
+            run.status = message["status"]
+        return run.status
 
-    def wait_for(self, process, condition, timeout=600):
+    def kill(self, run):
+        os.killpg(run.pid, signal.SIGKILL)
+        assert self.ended(run, timeout=60) == -signal.SIGKILL, run.tail()
+
+    def wait_for(self, run, condition, timeout=600):
         deadline = time.monotonic() + timeout
         while not condition():
-            if process.poll() is not None:
-                raise AssertionError(f"the run ended (exit {process.returncode}) " + self.tail(process))
-            if time.monotonic() > deadline:
-                self.kill(process)
-                raise AssertionError("timed out " + self.tail(process))
-            time.sleep(0.02)
+            if self.ended(run, timeout=0.02) is not None:
+                raise AssertionError(f"the run ended (exit {run.status}) before it was killed" + run.tail())
+            assert time.monotonic() < deadline, "timed out" + run.tail()
 
-    def complete(self, process, timeout=600):
-        assert process.wait(timeout) == 0, self.tail(process)
+    def complete(self, run, timeout=600):
+        assert self.ended(run, timeout) == 0, run.tail()
 
-    @staticmethod
-    def tail(process):
-        with open(process.log) as f:
-            return "; log: " + f.read()[-3000:]
+
+class Run:
+    def __init__(self, log, marker):
+        self.log, self.marker, self.pid, self.status = log, marker, None, None
+
+    def paused(self):
+        return os.path.exists(self.marker)
+
+    def tail(self):
+        with open(self.log) as f:
+            return "; its log ends: " + f.read()[-3000:]
 
 
 def modified(path):
@@ -128,38 +161,40 @@ def killed_and_straight(tmp_path_factory, tokenizer):
     runs = Runs(root, tokenizer)
     rng = random.Random(SEED)
     straight, killed = root / "straight", root / "killed"
-    runs.complete(runs.start(straight))
     checkpoint = killed / "checkpoint" / "latest.weights.h5"
     kills = []
-
-    # 1. A random moment of the start (imports, model building, first steps).
-    process = runs.start(killed)
-    time.sleep(rng.uniform(0.5, 4.0))
-    runs.kill(process)
-    kills.append("start")
-    # 2. Inside a checkpoint write: weights in the temporary, states not yet.
-    process = runs.start(killed, pause=f"checkpoint-states:{rng.randint(1, 2)}")
-    runs.wait_for(process, lambda: os.path.exists(process.marker))
-    runs.kill(process)
-    kills.append("checkpoint write")
-    # 3. A random moment of training, after this process's first checkpoint.
-    before = modified(checkpoint)
-    process = runs.start(killed)
-    runs.wait_for(process, lambda: modified(checkpoint) != before)
-    time.sleep(rng.uniform(0.0, 0.5))
-    runs.kill(process)
-    kills.append("training")
-    # 4. A complete checkpoint not yet moved into place.
-    process = runs.start(killed, pause="checkpoint-replace:1")
-    runs.wait_for(process, lambda: os.path.exists(process.marker))
-    runs.kill(process)
-    kills.append("checkpoint replace")
-    # 5. The final preset half-written.
-    process = runs.start(killed, pause="preset-build:1")
-    runs.wait_for(process, lambda: os.path.exists(process.marker))
-    runs.kill(process)
-    kills.append("final export")
-    runs.complete(runs.start(killed))
+    try:
+        runs.complete(runs.start(straight))
+        # 1. A random moment of the start (building the model, first steps).
+        run = runs.start(killed)
+        time.sleep(rng.uniform(0.0, 3.0))
+        runs.kill(run)
+        kills.append("start")
+        # 2. Inside a checkpoint write: weights in the temporary, states not yet.
+        run = runs.start(killed, pause=f"checkpoint-states:{rng.randint(1, 2)}")
+        runs.wait_for(run, run.paused)
+        runs.kill(run)
+        kills.append("checkpoint write")
+        # 3. A random moment of training, after this run's first checkpoint.
+        before = modified(checkpoint)
+        run = runs.start(killed)
+        runs.wait_for(run, lambda: modified(checkpoint) != before)
+        time.sleep(rng.uniform(0.0, 0.5))
+        runs.kill(run)
+        kills.append("training")
+        # 4. A complete checkpoint not yet moved into place.
+        run = runs.start(killed, pause="checkpoint-replace:1")
+        runs.wait_for(run, run.paused)
+        runs.kill(run)
+        kills.append("checkpoint replace")
+        # 5. The final preset half-written.
+        run = runs.start(killed, pause="preset-build:1")
+        runs.wait_for(run, run.paused)
+        runs.kill(run)
+        kills.append("final export")
+        runs.complete(runs.start(killed))
+    finally:
+        runs.close()
     return {"straight": straight, "killed": killed, "kills": kills}
 
 
