@@ -35,6 +35,8 @@ import time
 import keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# common.py beside this script, also when it is imported from elsewhere.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
 from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
