@@ -511,7 +511,7 @@ def run(args):
     sequence_length = config["backbone"]["text_max_sequence_length"]
     skips = None if args.pipeline == "python" else common.skip_counter()
 
-    def fresh_data():
+    def fresh_data(skip_counter):
         """(epoch_dataset, step_batches): one of them is None."""
         if args.pipeline == "python":
             tokenizer = TIPSv2Tokenizer(proto=proto, sequence_length=sequence_length)
@@ -522,13 +522,15 @@ def run(args):
         # frees the tokenizer's SentencePiece resource.
         tokenizer = tf_data_tokenizer(proto, sequence_length)
         source = common.raw_source(args, world, config["train_samples"])
-        return epoch_datasets(source, tokenizer, config, args.seed, shapes, skips), None
+        return epoch_datasets(source, tokenizer, config, args.seed, shapes, skip_counter), None
 
     def first_batch():
-        epoch_dataset, batches = fresh_data()
+        # Its own counter: what measuring reads is not part of the run.
+        counter = common.skip_counter()
+        epoch_dataset, batches = fresh_data(counter)
         if batches is not None:
             return batches(10**6, 1)[0]
-        with common.data_errors(skips):
+        with common.data_errors(counter):
             return next(iter(epoch_dataset(10**6)))
 
     def measure_plan():
@@ -539,7 +541,7 @@ def run(args):
     if plan is None:
         plan = resumable_fit.save_plan(backup_dir, measure_plan(), settings)
     model = fresh_model(plan)
-    epoch_dataset, batches = fresh_data()
+    epoch_dataset, batches = fresh_data(skips)
     total = plan["epochs"] * plan["steps_per_epoch"]
     print(f"Training {total} steps ({plan['epochs']} epochs x {plan['steps_per_epoch']}) into {output}")
     start_time = time.perf_counter()

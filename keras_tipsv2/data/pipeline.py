@@ -31,7 +31,8 @@ IMAGE_KEYS = ("image_path", "image_bytes", "image")
 
 
 class DataSourceError(RuntimeError):
-    """A pipeline dropped so many examples in a row that it would never yield a batch."""
+    """A data source yields nothing usable: every one of its records, or a
+    long run of examples in a row, was dropped."""
 
 
 class SkipCounter:
