@@ -13,7 +13,6 @@ converter).
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -28,6 +27,7 @@ from keras_tipsv2.shapes.benchmark import markdown_report  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.models.tipsv2_image_converter import preset_image_size  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402
+from keras_tipsv2.utils import atomic_files  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -61,8 +61,7 @@ def main(argv=None):
     results["backend"] = keras.backend.backend()
     print(markdown_report(results, title=f"{args.preset} on held-out ShapesWorld ({results['backend']})"))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_files.write_json(args.json, results)
     return results
 
 

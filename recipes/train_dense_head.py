@@ -28,6 +28,7 @@ from keras_tipsv2.evaluation.foreground_probe import (
     patch_mask_means,
 )
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.convert.preset import write_task_preset
 from keras_tipsv2.models.tipsv2_dense_tasks import TIPSv2DenseSegmenter
 
 TINY_BACKBONE = dict(
@@ -95,7 +96,7 @@ def train_segmentation_head(backbone, args):
     print(f"held-out before training: {before}")
     print(f"held-out after training:  {after}")
     if args.output:
-        model.save_to_preset(args.output)
+        write_task_preset(model, args.output, overwrite=True)
         print(f"saved to {args.output}")
     return model
 
