@@ -138,9 +138,4 @@ def check_backbone_config(arguments):
         raise BackboneConfigError(
             f"vision_drop_path_rate must be a number in [0, 1); got {_describe(rate)}."
         )
-    if not isinstance(arguments["vision_attention_implementation"], str):
-        raise BackboneConfigError(
-            "vision_attention_implementation must be a string; got "
-            f"{_describe(arguments['vision_attention_implementation'])}."
-        )
     _check_image_shape(arguments["image_shape"])
