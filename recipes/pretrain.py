@@ -19,8 +19,7 @@ Configs are code (`CONFIGS` below): "tiny" for CPUs, "b14" and "l14" for
 accelerators (on JAX, `--data-parallel` / `--model-parallel N` spread them
 over devices with `keras.distribution`).
 
-Why the tiny config looks the way it does (issue 7's prototype and our
-runs): patch-text alignment of object identity only emerges when an object
+Why the tiny config looks the way it does (small studies on ShapesWorld): patch-text alignment of object identity only emerges when an object
 covers several patches, so 64 px images with patch 8 and objects of radius
 20-40 % of the side (1.6-3.2 patches). The world names the background in
 its short captions and alt-text (`describe_background`): otherwise the
