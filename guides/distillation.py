@@ -22,7 +22,7 @@ nothing, which is enough to watch the machinery work; a pretrained teacher
 TIPSv2 starts from a surprise: a ViT-L *distilled* from a ViT-g teacher
 beats its teacher at patch-text alignment (zero-shot segmentation on ADE150:
 2.6 mIoU for the teacher, 20.8 for the student). The ablation behind it
-(training_recipe.md §2.1): a randomly initialised student, no masking, and
+(the TIPSv2 paper): a randomly initialised student, no masking, and
 a loss on **every** patch token. The released B, L and So400m models are
 distilled that way.
 

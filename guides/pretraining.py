@@ -18,7 +18,7 @@ which adds schedules, logs, checkpoints and step-exact resume.
 
 TIPSv2 learns from images with captions of several granularities: a terse,
 noisy *alt-text* and richer synthetic captions. Its loss has three parts
-(training_recipe.md §7): a dual image-text contrastive loss (CLS_1 <->
+(the TIPS and TIPSv2 papers): a dual image-text contrastive loss (CLS_1 <->
 alt-text, CLS_2 <-> a caption sampled per example), DINO on CLS_1 and
 iBOT++ on every patch token of a masked view, with targets from an EMA copy
 of the projection head only.

@@ -1,6 +1,7 @@
 """Zero-shot semantic segmentation mIoU of a TIPSv2 preset.
 
-The protocol of the official TIPS notebook (tips_reference.md §4.1): short
+The protocol of the official TIPS notebook
+(google-deepmind/tips `pytorch/TIPS_zeroshot_segmentation.ipynb`): short
 side 448, 448 / 336 sliding windows, MaskCLIP values trick, 9 TCL prompt
 templates, mIoU from a confusion matrix at annotation resolution.
 

@@ -137,7 +137,7 @@ CONFIGS = {
         freeze_last_layer_epochs=1,
         tokenizer_vocabulary=256,
     ),
-    # ViT-B/14 (tips_reference.md: 768 wide, 12 layers; 12-layer text tower).
+    # ViT-B/14 (the released TIPSv2-B/14: 768 wide, 12 layers; 12-layer text tower).
     "b14": dict(
         backbone=_vit(768, 12, 12, 12, patch=14, grid=16, vocabulary=32000, text_length=64),
         image_size=224,

@@ -3,7 +3,8 @@
 A DPT head (the official decoder architecture) or a per-patch linear probe
 on ShapesWorld label maps; the backbone stays frozen. `--probe foreground`
 runs the official foreground-segmentation linear probe instead
-(tips_reference §4.2: box-filtered patch labels, logistic regression,
+(google-deepmind/tips `pytorch/TIPS_foreground_segmentation_demo.ipynb`:
+box-filtered patch labels, logistic regression,
 3x3 median filter), with "any object" as foreground.
 
     python recipes/train_dense_head.py --preset tipsv2_b14 --head dpt \

@@ -5,7 +5,8 @@ from keras import ops
 from keras_tipsv2.layers.functional import l2_normalize
 
 # The 9 ImageNet templates kept by TCL, used by the TIPS zero-shot
-# segmentation notebook (tips_reference.md section 4.1), in its order.
+# segmentation notebook (google-deepmind/tips,
+# `pytorch/TIPS_zeroshot_segmentation.ipynb`), in its order.
 TCL_TEMPLATES = (
     "itap of a {}.",
     "a bad photo of a {}.",

@@ -2,7 +2,8 @@
 
 Each task holds a `TIPSv2Backbone` (frozen by default) and a head that reads
 intermediate blocks of its image tower: the DPT decoder of the official
-release (tips_reference §4.3), or a per-patch linear probe. Outputs are at
+release (google-deepmind/tips `pytorch/decoders.py`), or a per-patch linear
+probe. Outputs are at
 the input image size, reached by half-pixel bilinear upsampling as the
 official decoders and `transformers`' post-processing do.
 """

@@ -10,7 +10,7 @@ from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
 from keras_tipsv2.models.tipsv2_images import image_array, rgb, short_side_size, unit_range
 
 RESIZE_MODES = ("square", "short_side")
-# tips_reference.md 1.5: the demos resize to a square with antialiased
+# The official demos (google-deepmind/tips `pytorch/TIPS_Demo.ipynb`) resize to a square with antialiased
 # bilinear; the zero-shot segmentation protocol resizes the short side with
 # PIL's bicubic (which always antialiases).
 DEFAULT_INTERPOLATION = {"square": "bilinear", "short_side": "bicubic"}
