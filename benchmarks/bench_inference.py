@@ -119,7 +119,7 @@ def kernel_variants(args, call):
     active = list(policy.state())
     if active and not args.skip_kernels_off:
         variants[" (kernels off)"] = without(None)
-    if args.kernel_ablation:
+    if args.kernel_ablation and len(active) > 1:
         for name in active:
             variants[f" (without {name})"] = without([name])
     return variants

@@ -98,43 +98,6 @@ def test_a_jax_trace_runs_the_layers_as_they_are():
     assert tipsv2_inference._CACHE_ATTRIBUTE not in backbone.__dict__
 
 
-def test_call_in_parts_concatenates_any_nest_and_passes_none_through():
-    x = np.arange(10, dtype="float32").reshape(5, 2)
-    seen = []
-
-    def fn(a, b):
-        seen.append((a.shape[0], b))
-        return [{"y": a * 2}, a[:, :1]]
-
-    out = tipsv2_inference.call_in_parts(fn, 2, x, None)
-    assert seen == [(2, None), (2, None), (1, None)]
-    _close(out[0]["y"], x * 2)
-    _close(out[1], x[:, :1])
-    assert tipsv2_inference.call_in_parts(fn, None, x, None)[1].shape == (5, 1)
-
-
-def test_images_in_parts_give_the_whole_batchs_numbers(rng, monkeypatch):
-    from keras_tipsv2.kernels import policy
-
-    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
-    images = rng.random((5, 28, 42, 3)).astype("float32")
-    masks = rng.random((5, 2, 3)) > 0.5
-    whole = backbone.encode_images(images, masks=masks)
-    # Two images per call (6 patches each): 2 + 2 + 1.
-    monkeypatch.setattr(policy, "images_per_call", lambda tokens: 12 // tokens)
-    sizes = []
-    real = tipsv2_inference.call_in_parts
-    monkeypatch.setattr(
-        tipsv2_inference,
-        "call_in_parts",
-        lambda fn, size, *t: real(lambda *p: sizes.append(p[0].shape[0]) or fn(*p), size, *t),
-    )
-    parts = backbone.encode_images(images, masks=masks)
-    assert sizes == [2, 2, 1]
-    for key in ("cls_tokens", "patch_tokens"):
-        _close(parts[key], whole[key])
-
-
 def test_inference_scope_records_no_gradients():
     variable = keras.Variable(np.ones((2,), "float32"))
     with tipsv2_inference.inference_scope():

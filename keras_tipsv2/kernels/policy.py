@@ -1,48 +1,28 @@
 """Which kernels run: the one place that reads backend, device and settings.
 
-Each kernel is a faster way to compute what the layers already compute, on
-the one platform where it was measured to pay (benchmarks/RESULTS.md). The
-platform is read once per process; the choice can be printed
-(`describe()`) and switched off, all at once or per kernel
-(`set_enabled`, or `KERAS_TIPSV2_KERNELS=off` in the environment).
-Training never takes them: only the models' inference calls ask.
+A kernel is a faster way to compute what the layers already compute, kept
+only where an A/B of the whole tower measured at least 10 % on two CPUs
+(benchmarks/RESULTS.md, "Kernel A/B on the image tower, by CPU"). The
+platform is read once per process; the choice can be printed (`describe()`)
+and switched off, all at once or per kernel (`set_enabled`, or
+`KERAS_TIPSV2_KERNELS=off` in the environment). Training never takes them:
+only the models' inference calls ask.
 """
 
-import contextlib
 import functools
 import os
 
 import keras
 
-from keras_tipsv2.kernels import jax_cpu
-from keras_tipsv2.kernels import xla_cpu_attention
+from keras_tipsv2.kernels import jax_cpu_attention
 
 ENVIRONMENT_VARIABLE = "KERAS_TIPSV2_KERNELS"
 
-# The most image tokens one compiled call takes on JAX/CPU: XLA:CPU
-# allocates a call's large temporaries afresh on every run, faulted in page
-# by page; smaller calls reuse memory the allocator already holds.
-BATCH_PART_TOKENS = 600
-
-
-# name -> (backend, what it does). Each applies on CPU-only hosts.
+# name -> (backends, what it does). Each applies on CPU-only hosts.
 KERNELS = {
-    "xla_cpu_attention": (
-        ("jax", "tensorflow"),
-        "float32 image attention as explicit einsums under XLA "
-        "(kernels.xla_cpu_attention)",
-    ),
-    "jax_cpu_dot_emitter": (
+    "jax_cpu_attention": (
         ("jax",),
-        "XLA's own dot emitter instead of YNNPACK (kernels.jax_cpu)",
-    ),
-    "jax_cpu_batch_parts": (
-        ("jax",),
-        f"image batches in compiled calls of <= {BATCH_PART_TOKENS} tokens",
-    ),
-    "torch_cpu_onednn_matmul": (
-        ("torch",),
-        "float32 matmuls without autograd on oneDNN (kernels.torch_onednn)",
+        "float32 image attention as explicit einsums (kernels.jax_cpu_attention)",
     ),
 }
 
@@ -128,6 +108,11 @@ def describe():
 
     Returns:
         A multi-line string.
+
+    Example:
+    ```python
+    print(keras_tipsv2.kernels.describe())
+    ```
     """
     platform = f"backend {keras.config.backend()}, " + (
         "CPU only" if _cpu_only() else "accelerator"
@@ -135,42 +120,18 @@ def describe():
     lines = [f"keras_tipsv2 kernels ({platform}):"]
     for name, (backends, what) in KERNELS.items():
         if active(name):
-            status = "on "
+            status = "on"
         elif not _platform_allows(name):
             status = "off (platform)"
         else:
             status = "off (switched off)"
-        lines.append(f"  {name:24s} {status:18s} {what}; {'/'.join(backends)} on CPU")
+        lines.append(f"  {name:20s} {status:18s} {what}; {'/'.join(backends)} on CPU")
     return "\n".join(lines)
 
 
 def attention_fn(dtype):
     """The image tower's `attention_fn` for compiled inference in `dtype`,
     or None for `ops.dot_product_attention`."""
-    if active("xla_cpu_attention") and keras.backend.standardize_dtype(dtype) == "float32":
-        return xla_cpu_attention.explicit_attention
+    if active("jax_cpu_attention") and keras.backend.standardize_dtype(dtype) == "float32":
+        return jax_cpu_attention.explicit_attention
     return None
-
-
-def jax_compiler_options():
-    """XLA compiler options for JAX's compiled inference, or None."""
-    if not active("jax_cpu_dot_emitter"):
-        return None
-    return jax_cpu.dot_emitter_options()
-
-
-def images_per_call(tokens_per_image):
-    """How many images one compiled image-tower call takes; None for all."""
-    if not active("jax_cpu_batch_parts"):
-        return None
-    return max(1, BATCH_PART_TOKENS // max(1, tokens_per_image))
-
-
-def inference_context():
-    """The context the models' inference calls run in: oneDNN's matmuls on
-    torch/CPU (`kernels.torch_onednn`), else nothing."""
-    if not active("torch_cpu_onednn_matmul"):
-        return contextlib.nullcontext()
-    from keras_tipsv2.kernels import torch_onednn
-
-    return torch_onednn.onednn_matmuls()

@@ -193,8 +193,7 @@ class TIPSv2Backbone(Backbone):
         `tf.function` with XLA) and may take the faster kernels
         `keras_tipsv2.kernels` chooses for this device; in a train step or
         on symbolic inputs the layers run as they are. On torch it records
-        gradients like any module unless called under `torch.no_grad()`,
-        which is also when the CPU kernels apply.
+        gradients like any module unless called under `torch.no_grad()`.
 
         Args:
             images: (B, H, W, 3) floats in [0, 1] or uint8, or image paths /
@@ -296,16 +295,11 @@ class TIPSv2Backbone(Backbone):
         return self._image_inference(key, intermediate, images)
 
     def _image_inference(self, key, fn, images, *tensors):
-        """`fn(images, *tensors)` compiled, in as many calls as the kernel
-        policy asks for. Padding first gives every size with the same patch
-        grid one compiled function and the same numbers."""
+        """`fn(images, *tensors)` compiled. Padding first gives every size
+        with the same patch grid one compiled function and the same numbers."""
         images = centre_pad_to_multiple(images, self.vision_patch_size)
-        patch = self.vision_patch_size
-        tokens = (images.shape[1] // patch) * (images.shape[2] // patch)
         run = tipsv2_inference.compiled(self, key, fn, self.vision_encoder.variables)
-        return tipsv2_inference.call_in_parts(
-            run, kernels.images_per_call(tokens), images, *tensors
-        )
+        return run(images, *tensors)
 
     def get_config(self):
         config = super().get_config()

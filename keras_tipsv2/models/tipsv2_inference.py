@@ -10,8 +10,8 @@ many times slower than the same call under `jax.jit`.
 - JAX: `jax.jit` of the call with the layer's variables as arguments,
   through a `keras.StatelessScope`, so updated weights are always read.
 - TensorFlow: `tf.function(jit_compile=True)`.
-- torch: eager, torch's native mode, and like any torch module it records
-  gradients unless called under `torch.no_grad()`.
+- torch: eager, torch's native mode (nothing to compile), and like any
+  torch module it records gradients unless called under `torch.no_grad()`.
 
 The compiled path is for concrete inputs run eagerly at inference; symbolic
 inputs, calls inside a JAX trace or a TensorFlow graph (train steps), and
@@ -21,7 +21,6 @@ take is `keras_tipsv2.kernels`'s decision; the cache is keyed by it.
 
 import collections
 import contextlib
-import functools
 
 import keras
 
@@ -95,13 +94,13 @@ def _compile(fn, variables):
         import tensorflow as tf
 
         return tf.function(fn, jit_compile=True)
-    return _with_inference_context(fn)
+    return fn
 
 
 def _jax_compiled(fn, variables):
     import jax
 
-    @functools.partial(jax.jit, compiler_options=policy.jax_compiler_options())
+    @jax.jit
     def pure(values, tensors):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return fn(*tensors)
@@ -112,37 +111,6 @@ def _jax_compiled(fn, variables):
     # The lowered computation for these inputs, to read what XLA compiles.
     call.lower = lambda *tensors: pure.lower([v.value for v in variables], tensors)
     return call
-
-
-def _with_inference_context(fn):
-    def call(*tensors):
-        with policy.inference_context():
-            return fn(*tensors)
-
-    return call
-
-
-def call_in_parts(fn, size, *tensors):
-    """`fn(*tensors)` over consecutive slices of at most `size` examples.
-
-    Args:
-        fn: a function of `tensors` returning any nest of tensors.
-        size: the most examples per call; None for one call.
-        *tensors: batched tensors; None entries pass through.
-
-    Returns:
-        `fn`'s outputs, concatenated along the batch.
-    """
-    batch = tensors[0].shape[0]
-    if size is None or batch is None or batch <= size:
-        return fn(*tensors)
-    parts = [
-        fn(*(None if t is None else t[start : start + size] for t in tensors))
-        for start in range(0, batch, size)
-    ]
-    return keras.tree.map_structure(
-        lambda *xs: keras.ops.concatenate(xs, axis=0), *parts
-    )
 
 
 def inference_scope():
