@@ -67,6 +67,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from keras_tipsv2.cli import run
+    from keras_tipsv2.utils.cli import run
 
     sys.exit(run(main))

@@ -598,6 +598,6 @@ def run(args):
 
 
 if __name__ == "__main__":
-    from keras_tipsv2.cli import run
+    from keras_tipsv2.utils.cli import run
 
     sys.exit(run(main))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from keras_tipsv2.cli import run
+from keras_tipsv2.utils.cli import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

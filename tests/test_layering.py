@@ -3,7 +3,7 @@
     kernels, utils            (no imports from the package)
     layers                    -> kernels
     models                    -> layers, kernels
-    data                      (no imports from the package)
+    data                      -> models, layers, kernels  (tokenizers for text pipelines)
     evaluation, convert       -> models, layers, kernels
     training                  -> data, models, layers, kernels
     shapes                    -> data, evaluation, models, layers, kernels
@@ -24,7 +24,7 @@ ALLOWED = {
     "models": {"layers", "kernels", "utils"},
     "training": {"data", "models", "layers", "kernels", "utils"},
     "evaluation": {"models", "layers", "kernels", "utils"},
-    "data": {"utils"},
+    "data": {"models", "layers", "kernels", "utils"},
     "convert": {"models", "layers", "kernels", "utils"},
     "shapes": {"data", "evaluation", "models", "layers", "kernels", "utils"},
 }

@@ -147,7 +147,7 @@ def convert(args):
 
 def main(argv=None):
     """Runs the conversion; returns the exit status (errors as one line)."""
-    from keras_tipsv2.cli import run
+    from keras_tipsv2.utils.cli import run
 
     return run(lambda a: convert(parse_args(a)), argv)
 
