@@ -69,7 +69,14 @@ def _is_tensor(value):
     return isinstance(value, (np.ndarray, KerasTensor)) or ops.is_tensor(value)
 
 
-def _read_images(images):
+def are_files_or_pil(images):
+    """Whether `images` is a path or PIL image, or a non-empty list of them."""
+    return is_image_file_or_pil(images) or (
+        isinstance(images, (list, tuple)) and bool(images) and all(map(is_image_file_or_pil, images))
+    )
+
+
+def read_images(images):
     """A (B, H, W, 3) float32 batch from paths / PIL images (one or a list)."""
     if is_image_file_or_pil(images):
         images = [images]
@@ -110,10 +117,8 @@ def checked_images(images, dtype, where, check_values=True):
             inputs come from the data pipeline, and on torch, which trains
             eagerly, a check would wait for the device at every step).
     """
-    if is_image_file_or_pil(images) or (
-        isinstance(images, (list, tuple)) and images and all(map(is_image_file_or_pil, images))
-    ):
-        images = _read_images(images)
+    if are_files_or_pil(images):
+        images = read_images(images)
     elif not _is_tensor(images):
         images = np.asarray(images)
     if len(images.shape) != 4 or images.shape[-1] != 3:

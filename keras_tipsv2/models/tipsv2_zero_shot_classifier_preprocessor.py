@@ -3,6 +3,7 @@ from keras_hub.models import Preprocessor
 
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
 from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
+from keras_tipsv2.models.tipsv2_inputs import are_files_or_pil, read_images
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 
 
@@ -14,8 +15,9 @@ class TIPSv2ZeroShotClassifierPreprocessor(Preprocessor):
     Called on images (what `TIPSv2ImageConverter` takes: a uint8 or float
     [0, 1] batch, paths, PIL images), it returns them converted; `(x, y,
     sample_weight)` tuples pass `y` and `sample_weight` through unchanged.
-    Without an image converter images pass through as they are and the
-    classifier converts uint8 itself.
+    Without an image converter, paths and PIL images are read (one size per
+    batch) and arrays pass through as they are; the classifier converts
+    uint8 itself.
 
     Args:
         tokenizer: a `TIPSv2Tokenizer`, used by `set_classes` only.
@@ -40,4 +42,6 @@ class TIPSv2ZeroShotClassifierPreprocessor(Preprocessor):
     def call(self, x, y=None, sample_weight=None):
         if self.image_converter is not None:
             x = self.image_converter(x)
+        elif are_files_or_pil(x):
+            x = read_images(x)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
