@@ -22,6 +22,9 @@ from keras_tipsv2.models.tipsv2_preprocessor import TIPSv2Preprocessor
 from keras_tipsv2.models.tipsv2_presets import backbone_presets
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 from keras_tipsv2.models.tipsv2_zero_shot_classifier import TIPSv2ZeroShotClassifier
+from keras_tipsv2.models.tipsv2_zero_shot_classifier_preprocessor import (
+    TIPSv2ZeroShotClassifierPreprocessor,
+)
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
 
 from keras_tipsv2.training.distiller import TIPSv2Distiller

@@ -2,8 +2,12 @@
 
 Images: uint8 means 0-255 and gives the same result as the float image /
 255; floats outside [0, 1] and NaN are refused with an error that says what
-to do; a file path works wherever an image does. Token ids outside the
-vocabulary and block indices outside the tower are refused.
+to do; a list of file paths works wherever images are read one by one
+(not in a Keras model's own `__call__` or in `backbone.predict`, which
+take tensors and arrays).
+Token ids outside the vocabulary and block indices outside the tower are
+refused. Inside a compiled step (`fit`, a traced function) only shapes can
+be checked; the symbolic test below covers that path.
 """
 
 import keras
@@ -18,6 +22,7 @@ from keras_tipsv2 import (
     TIPSv2Preprocessor,
     TIPSv2Tokenizer,
     TIPSv2ZeroShotClassifier,
+    TIPSv2ZeroShotClassifierPreprocessor,
     TIPSv2ZeroShotSegmenter,
 )
 from tests.conftest import tiny_backbone_kwargs
@@ -30,7 +35,7 @@ def parts(tmp_path_factory):
     backbone = TIPSv2Backbone(**tiny_backbone_kwargs(text_vocabulary_size=160))
     tokenizer = TIPSv2Tokenizer(proto=train_tiny_spm(str(root)), sequence_length=16)
     converter = TIPSv2ImageConverter(image_size=(28, 28))
-    classifier = TIPSv2ZeroShotClassifier(backbone, tokenizer)
+    classifier = TIPSv2ZeroShotClassifier(backbone, TIPSv2ZeroShotClassifierPreprocessor(tokenizer))
     classifier.set_classes(["cat", "dog"], templates=["a {}."])
     segmenter = TIPSv2ZeroShotSegmenter(backbone, tokenizer, short_side=None, window_size=28, window_stride=21)
     segmenter.set_classes(["cat", "dog"], templates=["a {}."])
@@ -56,15 +61,27 @@ def _numpy(x):
     return np.asarray(ops.convert_to_numpy(x))
 
 
+def _backbone_inputs(images):
+    ids = np.ones((images.shape[0], 4), "int32")
+    if not isinstance(images, np.ndarray):  # Keras refuses dicts mixing both
+        ids = ops.convert_to_tensor(ids)
+    return {"images": images, "token_ids": ids, "padding_mask": ids}
+
+
 # Each entry point as a function of one batch of images (B, H, W, 3), or of
-# one image for the segmenter; `batch` says which.
+# one image for the segmenter; `batch` says which, `paths` whether a list of
+# paths is taken.
 ENTRY_POINTS = {
-    "encode_images": (lambda p, x: p["backbone"].encode_images(x)["patch_tokens"], True),
-    "get_intermediate_layers": (lambda p, x: p["backbone"].get_intermediate_layers(x, [0])[0]["patch_tokens"], True),
-    "image_converter": (lambda p, x: p["converter"](x), True),
-    "preprocessor": (lambda p, x: p["preprocessor"]({"images": x})["images"], True),
-    "classifier": (lambda p, x: p["classifier"].predict_proba(x), True),
-    "segmenter": (lambda p, x: p["segmenter"].segment(x, mode="whole")["scores"], False),
+    "encode_images": (lambda p, x: p["backbone"].encode_images(x)["patch_tokens"], True, True),
+    "get_intermediate_layers": (lambda p, x: p["backbone"].get_intermediate_layers(x, [0])[0]["patch_tokens"], True, True),
+    "backbone_call": (lambda p, x: p["backbone"](_backbone_inputs(x))["vision_patch_tokens"], True, False),
+    "backbone_predict": (lambda p, x: p["backbone"].predict(_backbone_inputs(x), verbose=0)["vision_patch_tokens"], True, False),
+    "image_converter": (lambda p, x: p["converter"](x), True, True),
+    "preprocessor": (lambda p, x: p["preprocessor"]({"images": x})["images"], True, True),
+    "classifier_predict_proba": (lambda p, x: p["classifier"].predict_proba(x), True, True),
+    "classifier_predict": (lambda p, x: p["classifier"].predict(x, verbose=0), True, True),
+    "classifier_call": (lambda p, x: p["classifier"](x), True, False),
+    "segmenter": (lambda p, x: p["segmenter"].segment(x, mode="whole")["scores"], False, True),
 }
 
 
@@ -89,9 +106,9 @@ def _as_input(parts, kind, batch):
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 def test_uint8_and_paths_mean_the_float_image(parts, entry):
-    run, batch = ENTRY_POINTS[entry]
+    run, batch, paths = ENTRY_POINTS[entry]
     expected = _numpy(run(parts, _as_input(parts, "float", batch)))
-    for kind in ("uint8", "path"):
+    for kind in ("uint8", "path") if paths else ("uint8",):
         np.testing.assert_allclose(_numpy(run(parts, _as_input(parts, kind, batch))), expected, atol=1e-5)
 
 
@@ -105,20 +122,37 @@ def test_uint8_and_paths_mean_the_float_image(parts, entry):
     ],
 )
 def test_out_of_range_and_non_finite_images_are_refused(parts, entry, kind, words):
-    run, batch = ENTRY_POINTS[entry]
+    run, batch, _ = ENTRY_POINTS[entry]
     with pytest.raises(ValueError) as info:
         run(parts, _as_input(parts, kind, batch))
     for word in words:
         assert word in str(info.value)
 
 
+TEXT_ENTRY_POINTS = {
+    "encode_text": lambda b, ids, mask: b.encode_text(ids, mask),
+    "backbone_call": lambda b, ids, mask: b(_text_inputs(ids, mask)),
+    "backbone_predict": lambda b, ids, mask: b.predict(_text_inputs(ids, mask), verbose=0),
+}
+
+
+def _text_inputs(ids, mask):
+    images = np.zeros((1, 28, 28, 3), "float32")
+    if not isinstance(ids, np.ndarray):  # Keras refuses dicts mixing both
+        images = ops.convert_to_tensor(images)
+    return {"images": images, "token_ids": ids, "padding_mask": mask}
+
+
+@pytest.mark.parametrize("entry", sorted(TEXT_ENTRY_POINTS))
 @pytest.mark.parametrize("bad_id", [-1, 160])
-def test_token_ids_outside_the_vocabulary_are_refused(parts, bad_id):
+def test_token_ids_outside_the_vocabulary_are_refused(parts, entry, bad_id):
     ids = np.array([[5, bad_id, 7]], "int32")
+    run = TEXT_ENTRY_POINTS[entry]
     with pytest.raises(ValueError, match=r"Token ids must be in \[0, 160\)"):
-        parts["backbone"].encode_text(ids, np.ones_like(ids))
-    with pytest.raises(ValueError, match=r"Token ids must be in \[0, 160\)"):
-        parts["backbone"].encode_text(ops.convert_to_tensor(ids), ops.convert_to_tensor(np.ones_like(ids)))
+        run(parts["backbone"], ids, np.ones_like(ids))
+    if entry != "backbone_predict":  # predict's data adapter takes arrays
+        with pytest.raises(ValueError, match=r"Token ids must be in \[0, 160\)"):
+            run(parts["backbone"], ops.convert_to_tensor(ids), ops.convert_to_tensor(np.ones_like(ids)))
 
 
 def test_the_last_vocabulary_id_is_accepted(parts):

@@ -108,6 +108,8 @@ def test_zero_shot_classifier_from_a_transformers_dir_matches_transformers(hf_di
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
     np.testing.assert_allclose(probabilities, expected, atol=TOLERANCE)
+    # KerasHub's Task.predict: the same scores, batched and compiled.
+    np.testing.assert_allclose(classifier.predict(images, verbose=0), expected, atol=TOLERANCE)
 
 
 def test_segmenter_from_a_transformers_dir_scores_like_transformers(hf_dir, images):

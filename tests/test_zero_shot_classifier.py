@@ -92,10 +92,21 @@ def test_embeddings_do_not_depend_on_the_batch_size(text_models):
 
 # --- TIPSv2ZeroShotClassifier -------------------------------------------------
 
+import json  # noqa: E402
+
+from keras_tipsv2.convert.weights_file import saved_arrays  # noqa: E402
 from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter  # noqa: E402
 from keras_tipsv2.models.tipsv2_zero_shot_classifier import (  # noqa: E402
     TIPSv2ZeroShotClassifier,
 )
+from keras_tipsv2.models.tipsv2_zero_shot_classifier_preprocessor import (  # noqa: E402
+    TIPSv2ZeroShotClassifierPreprocessor,
+)
+
+
+def make_classifier(backbone, tokenizer, image_converter=None, **kwargs):
+    preprocessor = TIPSv2ZeroShotClassifierPreprocessor(tokenizer, image_converter)
+    return TIPSv2ZeroShotClassifier(backbone, preprocessor, **kwargs)
 
 
 def unit_images(count=4, size=28, seed=0):
@@ -111,7 +122,7 @@ def unit_cls(backbone, images, index):
 
 def test_set_classes_stores_the_ensembled_text_embeddings(text_models):
     backbone, tokenizer = text_models
-    classifier = TIPSv2ZeroShotClassifier(backbone, tokenizer)
+    classifier = make_classifier(backbone, tokenizer)
     classifier.set_classes(["cat", "dog"], templates=TWO_TEMPLATES)
     expected = class_text_embeddings(backbone, tokenizer, ["cat", "dog"], TWO_TEMPLATES)
     np.testing.assert_allclose(
@@ -124,7 +135,7 @@ def test_set_classes_stores_the_ensembled_text_embeddings(text_models):
 
 def test_probabilities_are_softmax_of_cosine_over_temperature(text_models):
     backbone, tokenizer = text_models
-    classifier = TIPSv2ZeroShotClassifier(backbone, tokenizer)
+    classifier = make_classifier(backbone, tokenizer)
     classifier.set_classes(["cat", "dog"], templates=TWO_TEMPLATES)
     images = unit_images()
     text = ops.convert_to_numpy(classifier.class_embeddings)
@@ -136,25 +147,34 @@ def test_probabilities_are_softmax_of_cosine_over_temperature(text_models):
     np.testing.assert_allclose(got.sum(-1), np.ones(4), atol=1e-6)
 
 
+def test_predict_is_the_kerashub_batched_form_of_predict_proba(text_models):
+    # Task.predict: raw uint8 images through the preprocessor's converter,
+    # batched (2 batches of 2), compiled, numpy out.
+    backbone, tokenizer = text_models
+    classifier = make_classifier(backbone, tokenizer, TIPSv2ImageConverter(image_size=(28, 28)))
+    classifier.set_classes(["cat", "dog", "bird"], templates=TWO_TEMPLATES)
+    raw = np.random.default_rng(2).integers(0, 256, (4, 40, 60, 3)).astype("uint8")
+    got = classifier.predict(raw, batch_size=2, verbose=0)
+    assert isinstance(got, np.ndarray) and got.shape == (4, 3)
+    np.testing.assert_allclose(got, ops.convert_to_numpy(classifier.predict_proba(raw)), atol=1e-5)
+
+
 def test_each_image_is_classified_as_its_own_prototype(text_models):
     # Known by construction: with class embeddings equal to the images' own
     # CLS embeddings, image i has cosine 1 with class i only.
     backbone, tokenizer = text_models
     images = unit_images()
     for cls_index in (0, 1):
-        classifier = TIPSv2ZeroShotClassifier(backbone, tokenizer, cls_index=cls_index)
+        classifier = make_classifier(backbone, tokenizer, cls_index=cls_index)
         classifier.set_class_embeddings(unit_cls(backbone, images, cls_index))
-        np.testing.assert_array_equal(
-            ops.convert_to_numpy(classifier.predict(images)), [0, 1, 2, 3]
-        )
         proba = ops.convert_to_numpy(classifier.predict_proba(images))
-        assert (np.argmax(proba, -1) == np.arange(4)).all()
+        np.testing.assert_array_equal(proba.argmax(-1), [0, 1, 2, 3])
 
 
 def test_cls_index_selects_cls_2(text_models):
     backbone, tokenizer = text_models
     images = unit_images()
-    classifier = TIPSv2ZeroShotClassifier(backbone, tokenizer)
+    classifier = make_classifier(backbone, tokenizer)
     np.testing.assert_allclose(
         ops.convert_to_numpy(classifier.image_embeddings(images, cls_index=1)),
         unit_cls(backbone, images, 1),
@@ -165,7 +185,7 @@ def test_cls_index_selects_cls_2(text_models):
 
 def test_duplicate_classes_get_equal_probabilities(text_models):
     backbone, tokenizer = text_models
-    classifier = TIPSv2ZeroShotClassifier(backbone, tokenizer)
+    classifier = make_classifier(backbone, tokenizer)
     classifier.set_classes(["cat", "dog", "cat"], templates=TWO_TEMPLATES)
     proba = ops.convert_to_numpy(classifier.predict_proba(unit_images()))
     np.testing.assert_allclose(proba[:, 0], proba[:, 2], atol=1e-6)
@@ -175,8 +195,8 @@ def test_image_converter_accepts_raw_uint8_images(text_models):
     backbone, tokenizer = text_models
     converter = TIPSv2ImageConverter(image_size=(28, 28))
     raw = np.random.default_rng(1).integers(0, 256, (4, 40, 60, 3)).astype("uint8")
-    with_converter = TIPSv2ZeroShotClassifier(backbone, tokenizer, converter)
-    without = TIPSv2ZeroShotClassifier(backbone, tokenizer)
+    with_converter = make_classifier(backbone, tokenizer, converter)
+    without = make_classifier(backbone, tokenizer)
     for classifier in (with_converter, without):
         classifier.set_classes(["cat", "dog"], templates=TWO_TEMPLATES)
     np.testing.assert_allclose(
@@ -186,17 +206,58 @@ def test_image_converter_accepts_raw_uint8_images(text_models):
     )
 
 
+def test_a_new_number_of_classes_resizes_the_head(text_models):
+    backbone, tokenizer = text_models
+    classifier = make_classifier(backbone, tokenizer)
+    images = unit_images()
+    classifier.set_classes(["cat", "dog"], templates=TWO_TEMPLATES)
+    assert classifier.predict(images, verbose=0).shape == (4, 2)  # compiled for 2
+    classifier.set_classes(["cat", "dog", "bird"], templates=TWO_TEMPLATES)
+    three = classifier.predict(images, verbose=0)
+    assert three.shape == (4, 3)
+    np.testing.assert_allclose(three, ops.convert_to_numpy(classifier.predict_proba(images)), atol=1e-5)
+    # One (3, 32) weight of its own, nothing left of the (2, 32) one.
+    assert [tuple(w.shape) for w in classifier.non_trainable_weights if "class" in w.path] == [(3, 32)]
+    assert classifier.count_params() == backbone.count_params() + 3 * 32
+
+
+def test_a_saved_classifier_predicts_its_classes_without_set_classes(text_models, tmp_path):
+    backbone, tokenizer = text_models
+    classifier = make_classifier(backbone, tokenizer, TIPSv2ImageConverter(image_size=(28, 28)), cls_index=1)
+    classifier.set_classes(["cat", "dog", "bird"], templates=TWO_TEMPLATES)
+    raw = np.random.default_rng(3).integers(0, 256, (2, 40, 60, 3)).astype("uint8")
+    classifier.save_to_preset(str(tmp_path / "preset"))
+    # The task's own weights are the class embeddings alone (no optimizer
+    # state); metadata names no private class.
+    assert list(saved_arrays(str(tmp_path / "preset" / "task.weights.h5")).values()) == [(3, 32)]
+    assert "_" not in "".join(json.loads((tmp_path / "preset" / "metadata.json").read_text())["tasks"])
+    loaded = TIPSv2ZeroShotClassifier.from_preset(str(tmp_path / "preset"))
+    assert isinstance(loaded.preprocessor, TIPSv2ZeroShotClassifierPreprocessor)
+    assert (loaded.class_names, loaded.cls_index) == (["cat", "dog", "bird"], 1)
+    np.testing.assert_allclose(
+        loaded.predict(raw, verbose=0), ops.convert_to_numpy(classifier.predict_proba(raw)), atol=1e-5
+    )
+
+
 def test_predicting_before_set_classes_is_an_error(text_models):
     backbone, tokenizer = text_models
-    with pytest.raises(ValueError, match="set_classes"):
-        TIPSv2ZeroShotClassifier(backbone, tokenizer).predict_proba(unit_images())
+    classifier = make_classifier(backbone, tokenizer)
+    for predict in (classifier.predict_proba, lambda x: classifier.predict(x, verbose=0)):
+        with pytest.raises(ValueError, match="set_classes"):
+            predict(unit_images())
+
+
+def test_set_classes_without_a_tokenizer_names_set_class_embeddings(text_models):
+    backbone, _ = text_models
+    with pytest.raises(ValueError, match="set_class_embeddings"):
+        TIPSv2ZeroShotClassifier(backbone).set_classes(["cat"])
 
 
 def test_bad_cls_index_and_embedding_shape_are_errors(text_models):
     backbone, tokenizer = text_models
     with pytest.raises(ValueError, match="cls_index"):
-        TIPSv2ZeroShotClassifier(backbone, tokenizer, cls_index=2)
+        make_classifier(backbone, tokenizer, cls_index=2)
     with pytest.raises(ValueError, match=r"\(num_classes, 32\)"):
-        TIPSv2ZeroShotClassifier(backbone, tokenizer).set_class_embeddings(
-            np.ones((3, 8))
-        )
+        make_classifier(backbone, tokenizer).set_class_embeddings(np.ones((3, 8)))
+    with pytest.raises(ValueError, match="2 class names for 3"):
+        make_classifier(backbone, tokenizer).set_class_embeddings(np.ones((3, 32)), ["a", "b"])

@@ -7,7 +7,13 @@ from keras_tipsv2.layers.temperature import ContrastiveTemperature
 from keras_tipsv2.layers.vision_embedding import centre_pad_to_multiple
 from keras_tipsv2.models import tipsv2_inference
 from keras_tipsv2.models.tipsv2_backbone_config import check_backbone_config
-from keras_tipsv2.models.tipsv2_inputs import block_indices, checked_images, checked_token_ids
+from keras_tipsv2.models.tipsv2_inputs import (
+    block_indices,
+    check_backbone_values,
+    checked_backbone_inputs,
+    checked_images,
+    checked_token_ids,
+)
 from keras_tipsv2.models.tipsv2_text_encoder import TIPSv2TextEncoder
 from keras_tipsv2.models.tipsv2_vision_encoder import TIPSv2VisionEncoder
 
@@ -184,6 +190,23 @@ class TIPSv2Backbone(Backbone):
     def temperature(self):
         """The contrastive temperature: probabilities are softmax(cos / t)."""
         return self.contrastive_temperature()
+
+    def call(self, inputs, training=None, mask=None):
+        # `backbone(inputs)`, `predict` and `fit` on the functional model get
+        # the input contract of `encode_images` / `encode_text`: uint8
+        # images become [0, 1] and shapes are checked always; values are
+        # checked where they can be read (eager calls, not a compiled step).
+        inputs = checked_backbone_inputs(
+            inputs, self.compute_dtype, self.text_vocabulary_size, not training
+        )
+        return super().call(inputs, training=training, mask=mask)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        """Keras' `predict`, with numpy and tensor inputs checked against the
+        input contract first, as a whole: inside the compiled predict step
+        only shapes can be checked."""
+        check_backbone_values(x, self.text_vocabulary_size)
+        return super().predict(x, batch_size=batch_size, **kwargs)
 
     def encode_images(self, images, masks=None, training=False, values_trick=None):
         """Runs the image tower alone.

@@ -11,7 +11,6 @@ official decoders and `transformers`' post-processing do.
 import keras
 import numpy as np
 from keras import ops
-from keras_hub.models import Task
 
 from keras_tipsv2.layers.dpt import (
     TIPSv2DPTHead,
@@ -20,6 +19,7 @@ from keras_tipsv2.layers.dpt import (
 )
 from keras_tipsv2.layers.functional import l2_normalize
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.models.tipsv2_task import TIPSv2Task
 
 HEAD_TYPES = ("dpt", "linear")
 
@@ -120,12 +120,12 @@ class UnitVectors(keras.layers.Layer):
         return input_shape
 
 
-class TIPSv2DenseTask(Task):
+class TIPSv2DenseTask(TIPSv2Task):
     """Shared wiring of the dense tasks: images -> frozen features -> head
     -> task decoding.
 
     Subclasses give `output_channels` and `_decode(head_output, images)`.
-    Presets hold the head's weights alone (`save_task_weights`).
+    Presets hold the head's weights alone (`TIPSv2Task`).
     """
 
     backbone_cls = TIPSv2Backbone
@@ -223,23 +223,6 @@ class TIPSv2DenseTask(Task):
 
     def _decode(self, dense, images):
         raise NotImplementedError
-
-    def _not_head(self):
-        """What task weight files leave out: the backbone (a preset keeps it
-        in model.weights.h5) and the optimizer, whose state KerasHub's
-        `Task.save_task_weights` writes too and no preset needs."""
-        skipped = list(self.backbone._flatten_layers())
-        if self.optimizer is not None:
-            skipped.append(self.optimizer)
-        return skipped
-
-    def save_task_weights(self, filepath):
-        """Saves the head's weights alone (no backbone, no optimizer state)."""
-        keras.saving.save_weights(self, filepath, objects_to_skip=self._not_head())
-
-    def load_task_weights(self, filepath):
-        """Loads the head's weights saved by `save_task_weights`."""
-        keras.saving.load_weights(self, filepath, objects_to_skip=self._not_head())
 
     def head_config(self):
         return {

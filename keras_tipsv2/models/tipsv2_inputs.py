@@ -13,8 +13,23 @@ Value checks run only where values exist: on numpy input (on the host, a
 pass over the array) and on eager backend tensors (three reductions on the
 device and one small transfer to the host: a few milliseconds against a
 tower's forward pass). Symbolic inputs (`keras.Input`) and inputs traced in
-a compiled train step (JAX tracers, TensorFlow graph tensors,
-`torch.compile`) get the shape checks only.
+a compiled step (JAX tracers, TensorFlow graph tensors, `torch.compile`)
+get the shape checks and the uint8 conversion only.
+
+Where each entry point checks:
+- `encode_images`, `encode_text`, `get_intermediate_layers`, the
+  segmenter's `segment` and the classifier's `predict_proba` /
+  `image_embeddings` / `logits`: everything, on the call's inputs.
+- `TIPSv2ImageConverter` and the preprocessors: everything in Python;
+  inside `tf.data` shapes only (no value can be read in a graph).
+- `backbone(inputs)` and `classifier(images)` (the functional models'
+  `call`): everything when called eagerly; shapes and the uint8 conversion
+  in a compiled `predict` / `fit` step.
+- `backbone.predict` and `classifier.predict`: the whole numpy or tensor
+  input is checked before batching, then as above per batch.
+- `fit` and train steps (`training=True`): shapes only; their inputs come
+  from the data pipeline, and on torch a check would wait for the device
+  at every step.
 """
 
 import numpy as np
@@ -54,7 +69,14 @@ def _is_tensor(value):
     return isinstance(value, (np.ndarray, KerasTensor)) or ops.is_tensor(value)
 
 
-def _read_images(images):
+def are_files_or_pil(images):
+    """Whether `images` is a path or PIL image, or a non-empty list of them."""
+    return is_image_file_or_pil(images) or (
+        isinstance(images, (list, tuple)) and bool(images) and all(map(is_image_file_or_pil, images))
+    )
+
+
+def read_images(images):
     """A (B, H, W, 3) float32 batch from paths / PIL images (one or a list)."""
     if is_image_file_or_pil(images):
         images = [images]
@@ -95,10 +117,8 @@ def checked_images(images, dtype, where, check_values=True):
             inputs come from the data pipeline, and on torch, which trains
             eagerly, a check would wait for the device at every step).
     """
-    if is_image_file_or_pil(images) or (
-        isinstance(images, (list, tuple)) and images and all(map(is_image_file_or_pil, images))
-    ):
-        images = _read_images(images)
+    if are_files_or_pil(images):
+        images = read_images(images)
     elif not _is_tensor(images):
         images = np.asarray(images)
     if len(images.shape) != 4 or images.shape[-1] != 3:
@@ -106,44 +126,104 @@ def checked_images(images, dtype, where, check_values=True):
             f"{where} expects images of shape (batch, height, width, 3); got "
             f"{tuple(images.shape)}."
         )
+    if check_values:
+        check_image_values(images)
     if isinstance(images, np.ndarray):
-        if check_values:
-            check_pixel_values(images)
         if np.issubdtype(images.dtype, np.integer):
             images = images.astype("float32") / 255.0
         return ops.convert_to_tensor(images, dtype=dtype)
-    check_values = check_values and has_values(images)
     if "int" in backend.standardize_dtype(images.dtype):
-        if check_values:
-            check_pixel_values(np.asarray([int(ops.min(images)), int(ops.max(images))]))
         return ops.cast(images, dtype) / 255.0
-    if check_values:
-        _check_tensor_pixels(images)
     return ops.cast(images, dtype)
 
 
-def checked_token_ids(token_ids, padding_mask, vocabulary_size, check_values=True):
+def check_image_values(images):
+    """Raises unless a batch's pixels are 8-bit integers or finite floats
+    in [0, 1], with an error that says what to do.
+
+    Only values that can be read now are checked: numpy arrays (on the
+    host) and eager backend tensors (on the device, `has_values`). Paths,
+    PIL images (decoded files are 8-bit), symbolic and traced tensors, and
+    anything else (a dataset) pass unchecked.
+    """
+    if isinstance(images, np.ndarray):
+        check_pixel_values(images)
+    elif ops.is_tensor(images) and has_values(images):
+        if "int" in backend.standardize_dtype(images.dtype):
+            check_pixel_values(np.asarray([int(ops.min(images)), int(ops.max(images))]))
+        else:
+            _check_tensor_pixels(images)
+
+
+def checked_token_ids(
+    token_ids, padding_mask, vocabulary_size, check_values=True, where="encode_text"
+):
     """int32 (token_ids, padding_mask), both (B, T), ids in [0, vocabulary).
 
     `check_values=False` skips the id range check, as in `checked_images`.
     """
-    token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
-    padding_mask = ops.convert_to_tensor(padding_mask, dtype="int32")
+    token_ids, padding_mask = (
+        ops.cast(t, "int32") if _is_tensor(t) else ops.convert_to_tensor(np.asarray(t), "int32")
+        for t in (token_ids, padding_mask)
+    )
     if len(token_ids.shape) != 2 or tuple(token_ids.shape) != tuple(padding_mask.shape):
         raise ValueError(
-            "encode_text expects token_ids and padding_mask of the same "
+            f"{where} expects token_ids and padding_mask of the same "
             f"shape (batch, length); got {tuple(token_ids.shape)} and "
             f"{tuple(padding_mask.shape)}."
         )
-    if check_values and has_values(token_ids) and np.prod(token_ids.shape):
-        low, high = int(ops.min(token_ids)), int(ops.max(token_ids))
-        if low < 0 or high >= vocabulary_size:
-            raise ValueError(
-                f"Token ids must be in [0, {vocabulary_size}) (the text tower's "
-                f"vocabulary); got ids in [{low}, {high}]. Were they made by "
-                "this model's tokenizer?"
-            )
+    if check_values:
+        check_token_values(token_ids, vocabulary_size)
     return token_ids, padding_mask
+
+
+def check_token_values(token_ids, vocabulary_size):
+    """Raises unless every id lies in [0, vocabulary_size); checks only
+    values that can be read now (numpy, eager tensors), as
+    `check_image_values`."""
+    if not isinstance(token_ids, np.ndarray) and not (
+        ops.is_tensor(token_ids) and has_values(token_ids)
+    ):
+        return
+    if not np.prod(token_ids.shape):
+        return
+    if isinstance(token_ids, np.ndarray):
+        low, high = int(token_ids.min()), int(token_ids.max())
+    else:
+        low, high = int(ops.min(token_ids)), int(ops.max(token_ids))
+    if low < 0 or high >= vocabulary_size:
+        raise ValueError(
+            f"Token ids must be in [0, {vocabulary_size}) (the text tower's "
+            f"vocabulary); got ids in [{low}, {high}]. Were they made by "
+            "this model's tokenizer?"
+        )
+
+
+def check_backbone_values(inputs, vocabulary_size):
+    """`check_image_values` and `check_token_values` on a backbone input
+    dict, without converting it (a whole `predict` input, on the host)."""
+    if not isinstance(inputs, dict):
+        return
+    if "images" in inputs:
+        check_image_values(inputs["images"])
+    if "token_ids" in inputs:
+        check_token_values(inputs["token_ids"], vocabulary_size)
+
+
+def checked_backbone_inputs(inputs, dtype, vocabulary_size, check_values=True):
+    """The backbone's input dict with `checked_images` applied to "images"
+    and `checked_token_ids` to "token_ids" / "padding_mask"; anything else
+    is left for the functional model to refuse."""
+    if not isinstance(inputs, dict):
+        return inputs
+    inputs = dict(inputs)
+    if "images" in inputs:
+        inputs["images"] = checked_images(inputs["images"], dtype, "TIPSv2Backbone", check_values)
+    if "token_ids" in inputs and "padding_mask" in inputs:
+        inputs["token_ids"], inputs["padding_mask"] = checked_token_ids(
+            inputs["token_ids"], inputs["padding_mask"], vocabulary_size, check_values, "TIPSv2Backbone"
+        )
+    return inputs
 
 
 def block_indices(indices, num_layers):
