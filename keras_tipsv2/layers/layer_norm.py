@@ -31,8 +31,12 @@ class TIPSv2LayerNorm(keras.layers.LayerNormalization):
         if self._fast_path_applies(inputs):
             backend = keras.config.backend()
             if backend == "tensorflow":
+                # Read values, not variables: a compiled function traced
+                # with a tf.distribute (mirrored) variable keeps that
+                # variable for every later call, i.e. every norm would
+                # run with the first norm's weights.
                 out = _xla_layer_norm(float(self.epsilon))(
-                    inputs, self.gamma.value, self.beta.value
+                    inputs, _read(self.gamma), _read(self.beta)
                 )
                 return ops.cast(out, self.compute_dtype)
             if backend == "torch" and _same_dtype(inputs, self.gamma.value):
@@ -57,6 +61,12 @@ class TIPSv2LayerNorm(keras.layers.LayerNormalization):
             and self.scale
             and not self.rms_scaling
         )
+
+
+def _read(variable):
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(variable.value)
 
 
 def _same_dtype(a, b):
