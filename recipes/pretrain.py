@@ -13,8 +13,19 @@ at the step it reached and ends with the same schedule.
     python recipes/pretrain.py --init-from tipsv2_b14 --manifest data.jsonl --config b14
 
 Configs are code (`CONFIGS` below): "tiny" for CPUs, "b14" and "l14" for
-accelerators (on JAX, `--data-parallel` / `--model-parallel N` spread them
-over devices with `keras.distribution`).
+accelerators. `--data-parallel` splits every global batch (`--batch-size`)
+over the devices, with the same result as one device (JAX: all devices via
+`keras.distribution`, TensorFlow: a `MirroredStrategy` over the GPUs, torch:
+one process per device, started by torchrun); `--model-parallel N` (JAX)
+also shards the towers:
+
+    KERAS_BACKEND=jax python recipes/pretrain.py --config b14 --data-parallel
+    KERAS_BACKEND=tensorflow python recipes/pretrain.py --config b14 --data-parallel
+    KERAS_BACKEND=torch torchrun --nproc_per_node 8 recipes/pretrain.py --config b14 --data-parallel
+
+Only the first process (torchrun's rank 0, JAX's process 0) writes the run
+folder; the others restore its checkpoint when a run resumes, so several
+hosts need a shared file system.
 
 Why the tiny config looks the way it does (issue 7's prototype and our
 runs): patch-text alignment of object identity only emerges when an object
@@ -221,7 +232,10 @@ def parse_args(argv=None):
     parser.add_argument("--eval-images", type=int, default=200, help="held-out ShapesWorld images to score")
     parser.add_argument("--no-eval", action="store_true", help="skip the ShapesWorld benchmark")
     parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 1/2 epoch)")
-    parser.add_argument("--data-parallel", action="store_true", help="JAX: data parallelism over all devices")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="split each global batch over all devices (torch: launch with torchrun)")
+    parser.add_argument("--multi-host", action="store_true",
+                        help="JAX: join the processes of several hosts first (keras.distribution.initialize)")
     parser.add_argument("--model-parallel", type=int, default=0,
                         help="JAX: shard the towers over this many devices (model axis)")
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
@@ -229,6 +243,12 @@ def parse_args(argv=None):
     recipe_utils.check_data_arguments(parser, args)
     if args.pipeline == "python" and not recipe_utils.uses_shapes(args):
         parser.error("--pipeline python reads ShapesWorld only; use tf.data for your data")
+    if args.data_parallel and args.pipeline == "python" and keras.backend.backend() == "torch":
+        parser.error("--data-parallel on torch slices tf.data batches per process; use --pipeline tf.data")
+    if args.model_parallel and keras.backend.backend() != "jax":
+        parser.error("--model-parallel uses keras.distribution, which needs KERAS_BACKEND=jax")
+    if args.multi_host and not args.data_parallel and not args.model_parallel:
+        parser.error("--multi-host goes with --data-parallel or --model-parallel")
     return args
 
 
@@ -447,15 +467,37 @@ def float32_backbone(backbone):
 
 
 def apply_distribution(args):
-    if not (args.data_parallel or args.model_parallel):
-        return
+    """The run's `DataParallelSetup` (one device: a setup of one replica)."""
+    from keras_tipsv2.training.distribution import DataParallelSetup
     from keras_tipsv2.training.distribution import data_parallel
     from keras_tipsv2.training.distribution import model_parallel
 
     if args.model_parallel:
+        if args.multi_host:
+            keras.distribution.initialize()
         model_parallel(args.model_parallel)
+        import jax
+
+        return DataParallelSetup(1, jax.process_index(), jax.process_count())
+    if args.data_parallel:
+        return data_parallel(multi_host=args.multi_host)
+    return DataParallelSetup(1)
+
+
+def shared_plan(setup, backup_dir, measure_plan):
+    """The run's plan: stored beside the checkpoint, else measured (every
+    process measures: a train step runs on all of them); the chief's wins,
+    and only the chief writes it."""
+    if setup.is_chief:
+        plan = recipe_utils.load_or_save_plan(backup_dir, measure_plan)
     else:
-        data_parallel()
+        path = os.path.join(backup_dir, recipe_utils.PLAN_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                plan = json.load(f)
+        else:
+            plan = measure_plan()
+    return setup.chief_numbers(plan)
 
 
 # --- Main ----------------------------------------------------------------------
@@ -476,9 +518,11 @@ def run(args):
     config = run_config(args)
     output = args.output or (DEFAULT_OUTPUT if args.config == "tiny" else f"runs/pretrain_{args.config}")
     backup_dir = os.path.join(output, "checkpoint")
-    if args.fresh and os.path.exists(backup_dir):
+    setup = apply_distribution(args)
+    if args.fresh and setup.is_chief and os.path.exists(backup_dir):
         shutil.rmtree(backup_dir)
-    apply_distribution(args)
+    # The others read the run folder only once the chief has cleared it.
+    setup.wait_for_all()
     shapes = recipe_utils.uses_shapes(args)
     world = shapes_world(config, "train", seed=args.seed)
     # --init-from resolved once: the preset for backbone and tokenizer, and a
@@ -490,7 +534,10 @@ def run(args):
 
     def fresh_model(plan):
         keras.utils.set_random_seed(args.seed)
-        model = build_pretrainer(build_backbone(config, proto, init_preset), config, plan, args.seed)
+        with setup.scope():
+            model = build_pretrainer(
+                build_backbone(config, proto, init_preset), config, plan, args.seed
+            )
         if init_weights:
             recipe_utils.load_pretrainer_weights(model, init_weights)
         return model
@@ -506,7 +553,8 @@ def run(args):
         # frees the tokenizer's SentencePiece resource.
         tokenizer = recipe_utils.tf_data_tokenizer(proto, sequence_length)
         source = recipe_utils.raw_source(args, world, config["train_samples"])
-        return epoch_datasets(source, tokenizer, config, args.seed, shapes), None
+        epoch_dataset = epoch_datasets(source, tokenizer, config, args.seed, shapes)
+        return lambda epoch: setup.local_batches(epoch_dataset(epoch)), None
 
     def first_batch():
         epoch_dataset, batches = fresh_data()
@@ -518,23 +566,25 @@ def run(args):
         model = fresh_model({"steps_per_epoch": 1, "epochs": 1})
         return planned_schedule(args, config, lambda: model, first_batch)
 
-    plan = recipe_utils.load_or_save_plan(backup_dir, measure_plan)
+    plan = shared_plan(setup, backup_dir, measure_plan)
     model = fresh_model(plan)
     epoch_dataset, batches = fresh_data()
     total = plan["epochs"] * plan["steps_per_epoch"]
     print(f"Training {total} steps ({plan['epochs']} epochs x {plan['steps_per_epoch']}) into {output}")
     start_time = time.perf_counter()
-    result = recipe_utils.fit_resumable(
-        model,
-        epoch_dataset,
-        epochs=plan["epochs"],
-        steps_per_epoch=plan["steps_per_epoch"],
-        backup_dir=backup_dir,
-        save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
-        callbacks=recipe_utils.logging_callbacks(output),
-        verbose=args.verbose,
-        step_batches=batches,
-    )
+    with setup.scope():
+        result = recipe_utils.fit_resumable(
+            model,
+            epoch_dataset,
+            epochs=plan["epochs"],
+            steps_per_epoch=plan["steps_per_epoch"],
+            backup_dir=backup_dir,
+            save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
+            callbacks=recipe_utils.logging_callbacks(output) if setup.is_chief else [],
+            verbose=args.verbose if setup.is_chief else 0,
+            step_batches=batches,
+            writes=setup.is_chief,
+        )
     seconds = time.perf_counter() - start_time
     trained = result["end_step"] - result["start_step"]
     info = {
@@ -557,7 +607,10 @@ def run(args):
         "overrides": args.set,
         "init_from": args.init_from,
         "mixed_precision": args.mixed_precision,
+        "replicas": setup.num_replicas,
     }
+    if not setup.is_chief:
+        return {"output": output, "preset": None, "train": info, "evaluation": None}
     backbone = float32_backbone(model.backbone)
     preset = recipe_utils.export_preset(
         backbone, os.path.join(output, "preset"), proto, config["image_size"]

@@ -47,6 +47,7 @@ import contextlib
 import os
 
 import keras
+import numpy as np
 from keras import ops
 
 # Variable-path regexes (LayoutMap full-matches them against `Variable.path`)
@@ -99,6 +100,39 @@ class DataParallelSetup:
         if self.strategy is not None:
             return self.strategy.scope()
         return contextlib.nullcontext()
+
+    def wait_for_all(self):
+        """Returns once every process got here (e.g. after the chief
+        changed files the others read)."""
+        if self.num_processes == 1:
+            return
+        if keras.backend.backend() == "torch":
+            import torch.distributed as dist
+
+            dist.barrier()
+            return
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("keras_tipsv2")
+
+    def chief_numbers(self, numbers):
+        """The chief's values of a {name: int} dict, on every process (e.g.
+        a schedule each process measured for itself)."""
+        if self.num_processes == 1:
+            return dict(numbers)
+        names = sorted(numbers)
+        if keras.backend.backend() == "torch":
+            import torch.distributed as dist
+
+            values = [[numbers[name] for name in names]]
+            dist.broadcast_object_list(values, src=0)
+            return dict(zip(names, values[0]))
+        from jax.experimental import multihost_utils
+
+        values = multihost_utils.broadcast_one_to_all(
+            np.asarray([numbers[name] for name in names], "int64")
+        )
+        return {name: int(value) for name, value in zip(names, values)}
 
     def local_batches(self, dataset):
         """This process's part of each global batch of a `tf.data.Dataset`.

@@ -41,10 +41,13 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     Args:
         backup_dir: where the checkpoint and its metadata live.
         save_freq: save every this many batches (or "epoch").
+        writes: False to restore only (the processes of a multi-process
+            run other than the one that writes the checkpoint).
     """
 
-    def __init__(self, backup_dir, save_freq="epoch"):
+    def __init__(self, backup_dir, save_freq="epoch", writes=True):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+        self.writes = writes
 
     def restore(self, model):
         """Loads the latest checkpoint into `model` if there is one; returns
@@ -62,6 +65,8 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         pass
 
     def _save_model(self):
+        if not self.writes:
+            return
         # JAX's fit keeps the training state outside the variables between
         # syncs: without one, a mid-epoch backup would hold the weights of
         # the epoch's start.
@@ -84,6 +89,7 @@ def fit_resumable(
     callbacks=(),
     verbose="auto",
     step_batches=None,
+    writes=True,
 ):
     """`model.fit` for `epochs` x `steps_per_epoch` steps that survives being killed.
 
@@ -101,12 +107,17 @@ def fit_resumable(
         step_batches: instead of `epoch_dataset`, `(first_step, count) ->`
             any dataset `fit` takes (e.g. a `ShapesWorldBatches` view) whose
             batches are a pure function of the global step.
+        writes: False on the processes of a multi-process run (torchrun,
+            multi-host JAX) other than the chief: they restore the chief's
+            checkpoint but never write it.
 
     Returns:
         {"start_step": step restored from (0 for a fresh run),
          "end_step": step after training, "histories": [History, ...]}.
     """
-    backup = ResumableBackupAndRestore(backup_dir, save_freq=save_every or "epoch")
+    backup = ResumableBackupAndRestore(
+        backup_dir, save_freq=save_every or "epoch", writes=writes
+    )
     start = backup.restore(model)
     total = epochs * steps_per_epoch
     if start > total:
