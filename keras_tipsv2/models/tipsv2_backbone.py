@@ -43,6 +43,9 @@ class TIPSv2Backbone(Backbone):
             runs: "auto" (the fastest measured on this backend and device),
             "backend", "explicit" or "per_head" (`TIPSv2Attention`). Same
             numbers up to float rounding; a runtime choice, not a weight.
+        vision_remat: in training calls, recompute each image-tower block
+            in the backward pass instead of keeping its activations (less
+            memory, about one more forward pass; not with stochastic depth).
         text_vocabulary_size: 32000.
         text_hidden_dim, text_num_layers, text_num_heads,
         text_intermediate_dim: text tower shape (27 layers for So400m).
@@ -81,6 +84,7 @@ class TIPSv2Backbone(Backbone):
         vision_layer_scale_init=1.0,
         vision_drop_path_rate=0.0,
         vision_attention_implementation="auto",
+        vision_remat=False,
         text_vocabulary_size=32000,
         text_max_sequence_length=64,
         text_layer_norm_epsilon=1e-6,
@@ -110,6 +114,7 @@ class TIPSv2Backbone(Backbone):
             layer_scale_init=vision_layer_scale_init,
             drop_path_rate=vision_drop_path_rate,
             attention_implementation=vision_attention_implementation,
+            remat=vision_remat,
             dtype=dtype,
             name="vision_encoder",
         )
@@ -170,6 +175,7 @@ class TIPSv2Backbone(Backbone):
         self.vision_layer_scale_init = vision_layer_scale_init
         self.vision_drop_path_rate = vision_drop_path_rate
         self.vision_attention_implementation = vision_attention_implementation
+        self.vision_remat = vision_remat
         self.text_vocabulary_size = text_vocabulary_size
         self.text_hidden_dim = text_hidden_dim
         self.text_num_layers = text_num_layers
@@ -359,6 +365,7 @@ class TIPSv2Backbone(Backbone):
                 ),
                 "vision_drop_path_rate": self.vision_drop_path_rate,
                 "vision_attention_implementation": self.vision_attention_implementation,
+                "vision_remat": self.vision_remat,
                 "text_vocabulary_size": self.text_vocabulary_size,
                 "text_hidden_dim": self.text_hidden_dim,
                 "text_num_layers": self.text_num_layers,

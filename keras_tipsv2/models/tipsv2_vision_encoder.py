@@ -32,6 +32,14 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
     after the final norm. Holds the ways the library runs the tower besides
     the plain forward: with iBOT masks, with the MaskCLIP values trick in the
     last block, and with intermediate outputs for the DPT heads.
+
+    With `remat=True`, training calls (`training=True`) keep only each
+    block's input for the backward pass and recompute the block there
+    (`keras.remat`: `jax.checkpoint`, `tf.recompute_grad`,
+    `torch.utils.checkpoint`): the same gradients with less memory, for
+    about one more forward pass. Stochastic depth draws random numbers
+    inside the blocks, which a recomputation would draw again, so the two
+    do not combine.
     """
 
     def __init__(
@@ -49,8 +57,15 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         layer_scale_init=1.0,
         drop_path_rate=0.0,
         attention_implementation="auto",
+        remat=False,
         **kwargs,
     ):
+        if remat and drop_path_rate:
+            raise ValueError(
+                "remat recomputes each block in the backward pass, which would "
+                f"draw stochastic depth again; got drop_path_rate={drop_path_rate}. "
+                "Use one or the other."
+            )
         super().__init__(**kwargs)
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
@@ -65,6 +80,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
         self.attention_implementation = attention_implementation
+        self.remat = remat
         block_inits = layer_scale_init_per_block(layer_scale_init, num_layers)
         policy = self.dtype_policy
         self.embedding = TIPSv2VisionEmbedding(
@@ -123,11 +139,15 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         x = self.embedding(images, masks=masks)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(
-                x,
-                training=training,
-                values_trick=values_trick if i == last else None,
-            )
+            trick = values_trick if i == last else None
+            if self.remat and training:
+                x = keras.remat(
+                    lambda t, block=block, trick=trick: block(
+                        t, training=training, values_trick=trick
+                    )
+                )(x)
+            else:
+                x = block(x, training=training, values_trick=trick)
         return self._split(self.norm(x), self._grid(images))
 
     def intermediate_layers(self, images, indices):
@@ -187,6 +207,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 ),
                 "drop_path_rate": self.drop_path_rate,
                 "attention_implementation": self.attention_implementation,
+                "remat": self.remat,
             }
         )
         return config
