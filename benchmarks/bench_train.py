@@ -1,5 +1,4 @@
-"""TIPSv2Pretrainer train-step speed and peak memory, head-only vs full EMA
-(and, with --remat, with the image tower's blocks rematerialised).
+"""TIPSv2Pretrainer train-step speed and peak memory, head-only vs full EMA.
 
 Each (config, ema) case runs in its own process so that peak memory (the
 process's maximum resident set size) belongs to that case alone. Reports
@@ -9,7 +8,6 @@ first step's time, peak RSS and the parameters trained and held as EMA.
 Usage (from the repository root):
     KERAS_BACKEND=jax python benchmarks/bench_train.py --json train_jax.json
     KERAS_BACKEND=jax python benchmarks/bench_train.py --quick
-    KERAS_BACKEND=torch python benchmarks/bench_train.py --configs b14 --emas head --remat
 """
 
 import argparse
@@ -66,7 +64,7 @@ def run_case(args):
     from keras_tipsv2.training import TIPSv2Pretrainer
 
     keras.utils.set_random_seed(0)
-    backbone = TIPSv2Backbone(**backbone_kwargs(args.config), vision_remat=args.remat)
+    backbone = TIPSv2Backbone(**backbone_kwargs(args.config))
     model = TIPSv2Pretrainer(backbone, ema=args.ema, seed=0, **HEADS[args.config])
     model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.05))
     batch = make_batch(args.config, args.batch, args.size, args.crops, args.seq)
@@ -75,8 +73,7 @@ def run_case(args):
     # ru_maxrss is in KiB on Linux.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row = dict(
-        config=args.config, ema=args.ema, remat=args.remat, backend=c.machine()["backend"],
-        batch=args.batch, size=args.size,
+        config=args.config, ema=args.ema, backend=c.machine()["backend"], batch=args.batch, size=args.size,
         crops=args.crops, first_s=first, median_s=median, runs=len(times), examples_per_s=args.batch / median,
         peak_rss_mib=peak, params_trained=counts["trained"], params_ema=counts["ema"],
     )
@@ -90,7 +87,6 @@ def main():
     parser.add_argument("--emas", nargs="+", default=["head", "full"], choices=["head", "full"])
     parser.add_argument("--batch", type=int, default=None, help="default: 8 tiny, 2 B/14")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--remat", action="store_true", help="rematerialise the image tower's blocks")
     parser.add_argument("--json")
     parser.add_argument("--case", nargs=2, metavar=("CONFIG", "EMA"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -110,7 +106,6 @@ def main():
         for ema in args.emas:
             cmd = [sys.executable, os.path.abspath(__file__), "--case", config, ema, "--batch", str(batch),
                    "--size", str(size), "--crops", str(crops), "--seq", str(seq), "--repeats", str(args.repeats)]
-            cmd += ["--remat"] if args.remat else []
             out = subprocess.run(cmd, capture_output=True, text=True)
             lines = [line for line in out.stdout.splitlines() if line.startswith("ROW ")]
             if out.returncode or not lines:
@@ -126,7 +121,7 @@ def main():
             row["x_speed_vs_full"] = full["median_s"] / row["median_s"]
             row["ema_params_vs_full"] = row["params_ema"] / full["params_ema"]
     print()
-    c.print_table(rows, ["config", "ema", "remat", "backend", "batch", "size", "first_s", "median_s", "examples_per_s",
+    c.print_table(rows, ["config", "ema", "backend", "batch", "size", "first_s", "median_s", "examples_per_s",
                          "peak_rss_mib", "params_trained", "params_ema", "x_speed_vs_full", "ema_params_vs_full"])
     c.write_json(args.json, dict(machine=c.machine(), args=vars(args), rows=rows))
 

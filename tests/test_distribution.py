@@ -89,3 +89,22 @@ def test_model_parallel_layout_shards_attention_and_mlp_on_the_model_axis(result
     for path, spec in specs.items():
         expected = ["model", None] if path.endswith("proj/kernel") else [None, "model"]
         assert spec == expected, path
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute strategies")
+def test_tensorflow_data_parallel_takes_the_strategy_it_is_given():
+    import tensorflow as tf
+
+    from keras_tipsv2.training.distribution import data_parallel
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    setup = data_parallel(strategy=strategy)
+    assert (setup.strategy, setup.num_replicas) == (strategy, 1)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="a strategy is valid there")
+def test_a_strategy_off_tensorflow_is_a_clear_error():
+    from keras_tipsv2.training.distribution import data_parallel
+
+    with pytest.raises(ValueError, match="tf.distribute strategy, for TensorFlow"):
+        data_parallel(strategy=object())

@@ -10,8 +10,9 @@ loss, so training equals training on one device with the global batch:
   `keras.distribution.initialize()` (`jax.distributed.initialize`) first;
   Keras then feeds each process its part of every global batch.
 * TensorFlow: `tf.distribute.MirroredStrategy` (one process, its GPUs or
-  logical devices; the code paths are the ones `TPUStrategy` takes). Build
-  and compile the model inside `setup.scope()`; Keras splits every global
+  logical devices), or a `TPUStrategy` passed as `strategy` (same
+  replica-context collectives; not run here, there is no TPU). Build and
+  compile the model inside `setup.scope()`; Keras splits every global
   batch over the replicas.
 * torch: `torch.distributed`, one process per device started by `torchrun`
   (gloo on CPUs, NCCL on GPUs). Every process reads the same global batches
@@ -171,7 +172,7 @@ def _dataset_batch_size(dataset):
     return leading.pop()
 
 
-def data_parallel(devices=None, multi_host=False):
+def data_parallel(devices=None, multi_host=False, strategy=None):
     """Sets up data parallelism for the current backend.
 
     Args:
@@ -183,21 +184,40 @@ def data_parallel(devices=None, multi_host=False):
             (`keras.distribution.initialize()`, configured by the
             KERAS_DISTRIBUTION_* environment variables or, on Cloud TPU, by
             the TPU runtime).
+        strategy: TensorFlow only: a `tf.distribute` strategy driven by this
+            one process to use instead of a `MirroredStrategy`, e.g. a
+            `tf.distribute.TPUStrategy` (the collectives here are the
+            replica-context ones both strategies implement).
 
     Returns:
         A `DataParallelSetup`.
+
+    Example:
+
+    ```python
+    # One process per GPU: torchrun --nproc_per_node 8 train.py
+    setup = data_parallel()
+    with setup.scope():
+        model = TIPSv2Pretrainer(TIPSv2Backbone(**config))
+        model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    model.fit(setup.local_batches(global_batches))
+    ```
     """
     backend = keras.backend.backend()
     if multi_host and backend != "jax":
         raise ValueError(
             "multi_host is for JAX; torch joins hosts through torchrun "
-            "(--nnodes, --rdzv-endpoint) and TensorFlow through "
-            f"MultiWorkerMirroredStrategy. Backend: {backend!r}."
+            "(--nnodes, --rdzv-endpoint), and TensorFlow trains from one "
+            f"process (a MirroredStrategy, or a TPUStrategy). Backend: {backend!r}."
+        )
+    if strategy is not None and backend != "tensorflow":
+        raise ValueError(
+            f"strategy is a tf.distribute strategy, for TensorFlow; backend: {backend!r}."
         )
     if backend == "jax":
         return _jax_data_parallel(devices, multi_host)
     if backend == "tensorflow":
-        return _tensorflow_data_parallel(devices)
+        return _tensorflow_data_parallel(devices, strategy)
     if backend == "torch":
         return _torch_data_parallel()
     raise ValueError(f"No data parallelism for the {backend!r} backend.")
@@ -213,13 +233,16 @@ def _jax_data_parallel(devices, multi_host):
     return DataParallelSetup(len(devices), jax.process_index(), jax.process_count())
 
 
-def _tensorflow_data_parallel(devices):
+def _tensorflow_data_parallel(devices, strategy):
     import tensorflow as tf
 
-    if devices is None:
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-        devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
-    strategy = tf.distribute.MirroredStrategy(devices)
+    if strategy is None:
+        if devices is None:
+            devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+            devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices)
+    elif devices is not None:
+        raise ValueError("Pass devices or a strategy, not both.")
     return DataParallelSetup(strategy.num_replicas_in_sync, strategy=strategy)
 
 
