@@ -1,6 +1,6 @@
 """Distil a smaller TIPSv2 student from a frozen teacher with `model.fit`.
 
-The TIPSv2 recipe for its small models (training_recipe.md §2.1): frozen
+The TIPSv2 recipe for its small models (the TIPSv2 paper): frozen
 teacher, randomly initialised student, no masking, a loss on every patch
 token and on the CLS tokens, plus the image-text contrastive loss against
 the teacher's (frozen) text tower. The student is exported as a KerasHub
@@ -14,8 +14,9 @@ training resolution) in OUTPUT/preset.
     python recipes/distill.py --teacher PRESET --student-init tipsv2_b14    # pretrained init instead
 
 Data sources, logging (progress bar, CSV, TensorBoard), checkpoints and
-step-exact resume are the pretraining recipe's (`recipe_utils`): kill the
-run and start the same command again to resume.
+step-exact resume are the pretraining recipe's (`common.py` beside this
+script, `keras_tipsv2.training.resumable_fit`): kill the run and start the
+same command again to resume; a folder made with other flags is refused.
 
 Student variants (`STUDENT_VARIANTS`) fix the towers' shapes; the patch
 size, position grid and text length come from the teacher, so the student
@@ -28,20 +29,24 @@ trains and exports its own text tower (--text-tower auto picks).
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
 import keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# common.py beside this script, also when it is imported from elsewhere.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
 from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
 from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
+from keras_tipsv2.data import tf_data_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
-from keras_tipsv2.training import recipe_utils  # noqa: E402
+from keras_tipsv2.training import resumable_fit  # noqa: E402
 from keras_tipsv2.training.distiller import TIPSv2Distiller  # noqa: E402
+
+import common  # noqa: E402  (recipes/common.py, beside this script)
 
 # Tower shapes: (width, depth, heads, MLP width, text depth).
 STUDENT_VARIANTS = {
@@ -88,14 +93,15 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
-    parser.add_argument("--output", default="runs/distill", help="run folder")
+    parser.add_argument("--output", default=None,
+                        help="run folder (default runs/distill, runs/distill_quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder's checkpoint and start over")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 1/2 epoch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
-    recipe_utils.add_data_arguments(parser)
+    common.add_data_arguments(parser)
     args = parser.parse_args(argv)
-    recipe_utils.check_data_arguments(parser, args)
+    common.check_data_arguments(parser, args)
     return args
 
 
@@ -131,7 +137,7 @@ def student_backbone(args, teacher, proto):
         vision_num_heads=heads,
         vision_intermediate_dim=mlp,
         vision_position_grid=teacher.vision_position_grid,
-        text_vocabulary_size=max(teacher.text_vocabulary_size, recipe_utils.proto_vocabulary_size(proto)),
+        text_vocabulary_size=max(teacher.text_vocabulary_size, common.proto_vocabulary_size(proto)),
         text_hidden_dim=width,
         text_num_layers=text_depth,
         text_num_heads=heads,
@@ -203,9 +209,9 @@ def training_image_size(args, teacher):
 
 def teacher_tokenizer_proto(args):
     if args.tokenizer:
-        return recipe_utils.read_bytes(args.tokenizer)
+        return common.read_bytes(args.tokenizer)
     try:
-        return recipe_utils.preset_tokenizer_proto(args.teacher)
+        return common.preset_tokenizer_proto(args.teacher)
     except Exception as error:
         raise SystemExit(
             f"The teacher preset {args.teacher!r} has no readable tokenizer "
@@ -213,9 +219,9 @@ def teacher_tokenizer_proto(args):
         ) from error
 
 
-def epoch_datasets(args, source, tokenizer, config, image_size):
+def epoch_datasets(args, source, tokenizer, config, image_size, skip_counter=None):
     """`epoch -> dataset`: the batches of epoch e depend only on (seed, e)."""
-    shapes = recipe_utils.uses_shapes(args)
+    shapes = common.uses_shapes(args)
 
     def epoch_dataset(epoch):
         return make_pretraining_dataset(
@@ -224,13 +230,14 @@ def epoch_datasets(args, source, tokenizer, config, image_size):
             batch_size=config["batch_size"],
             image_size=image_size,
             caption_mode=args.caption_sampling,
-            seed=recipe_utils.epoch_seed(args.seed, epoch),
+            seed=resumable_fit.epoch_seed(args.seed, epoch),
             crop_scale=(0.6, 1.0),
             # ShapesWorld's captions name colours and left / right.
             horizontal_flip=not shapes,
             colour_jitter=not shapes,
             repeat=True,
             shuffle_buffer=4096,
+            skip_counter=skip_counter,
         )
 
     return epoch_dataset
@@ -242,14 +249,15 @@ def epoch_datasets(args, source, tokenizer, config, image_size):
 def main(argv=None):
     args = parse_args(argv)
     config = run_config(args)
-    backup_dir = os.path.join(args.output, "checkpoint")
-    if args.fresh and os.path.exists(backup_dir):
-        shutil.rmtree(backup_dir)
+    output = args.output or common.default_output("distill", args.quick)
+    backup_dir = common.start_run_folder(output, args.fresh)
     proto = teacher_tokenizer_proto(args)
-    plan = recipe_utils.load_or_save_plan(
-        backup_dir,
-        lambda: {"steps_per_epoch": config["steps_per_epoch"], "epochs": config["epochs"]},
-    )
+    settings = common.run_settings(args, config)
+    with common.refusing_other_runs(output):
+        plan = resumable_fit.stored_plan(backup_dir, settings)
+    if plan is None:
+        schedule = {"steps_per_epoch": config["steps_per_epoch"], "epochs": config["epochs"]}
+        plan = resumable_fit.save_plan(backup_dir, schedule, settings)
     keras.utils.set_random_seed(args.seed)
     teacher = TIPSv2Backbone.from_preset(args.teacher)
     student = student_backbone(args, teacher, proto)
@@ -257,25 +265,27 @@ def main(argv=None):
     model = build_distiller(args, config, teacher, student, text_tower, plan)
     image_size = training_image_size(args, teacher)
     # After the last reseed: tf.random.set_seed frees the tokenizer's op.
-    tokenizer = recipe_utils.tf_data_tokenizer(proto, teacher.text_max_sequence_length)
+    tokenizer = tf_data_tokenizer(proto, teacher.text_max_sequence_length)
     world = ShapesWorld(image_size=image_size, split="train", seed=args.seed)
-    source = recipe_utils.raw_source(args, world, config["train_samples"])
+    source = common.raw_source(args, world, config["train_samples"])
+    skips = common.skip_counter()
     total = plan["epochs"] * plan["steps_per_epoch"]
-    print(f"Distilling {total} steps at {image_size} px into {args.output}")
+    print(f"Distilling {total} steps at {image_size} px into {output}")
     start_time = time.perf_counter()
-    result = recipe_utils.fit_resumable(
-        model,
-        epoch_datasets(args, source, tokenizer, config, image_size),
-        epochs=plan["epochs"],
-        steps_per_epoch=plan["steps_per_epoch"],
-        backup_dir=backup_dir,
-        save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
-        callbacks=recipe_utils.logging_callbacks(args.output),
-        verbose=args.verbose,
-    )
+    with common.refusing_other_runs(output), common.data_errors(skips):
+        result = resumable_fit.fit_resumable(
+            model,
+            epoch_datasets(args, source, tokenizer, config, image_size, skips),
+            epochs=plan["epochs"],
+            steps_per_epoch=plan["steps_per_epoch"],
+            backup_dir=backup_dir,
+            save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
+            callbacks=common.logging_callbacks(output) + [common.SkipReport(skips)],
+            verbose=args.verbose,
+        )
     seconds = time.perf_counter() - start_time
-    preset = recipe_utils.export_preset(
-        model.student_backbone(), os.path.join(args.output, "preset"), proto, image_size
+    preset = common.export_preset(
+        model.student_backbone(), os.path.join(output, "preset"), proto, image_size
     )
     info = {
         "teacher": args.teacher,
@@ -287,13 +297,15 @@ def main(argv=None):
         "image_size": image_size,
         "start_step": result["start_step"],
         "train_seconds": seconds,
-        "final_logs": recipe_utils.final_logs(result),
+        "final_logs": common.final_logs(result),
+        "skipped_examples": common.skip_totals(skips),
     }
-    with open(os.path.join(args.output, "results.json"), "w") as f:
-        json.dump({"train": info}, f, indent=2)
+    common.write_results(output, {"train": info})
     print(f"Student preset written to {preset}")
-    return {"output": args.output, "preset": preset, "train": info}
+    return {"output": output, "preset": preset, "train": info}
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))
