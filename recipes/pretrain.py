@@ -53,7 +53,7 @@ residual: after 750 steps the gammas were still ~0.01, so the residual,
 which no loss aligns with text, outweighed the value path. So the last
 block starts at 1.0 (`vision_layer_scale_init=[1e-5, 1e-5, 1e-5, 1.0]`):
 near-identity early blocks hand it almost raw patch embeddings, and its
-full-strength value path is what the contrastive loss trains (README:
+full-strength value path is what the contrastive loss trains (benchmarks/RESULTS.md:
 colour ~6x the all-background floor on both protocols).
 The contrastive loss does most of the work in ten minutes, while DINO / iBOT++ start from
 random prototypes and pay off later, so their weights are cut to 0.1 and 0.2
