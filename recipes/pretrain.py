@@ -640,6 +640,7 @@ def run(args):
 
 
 if __name__ == "__main__":
-    from keras_tipsv2.utils.cli import run
+    # Imported as a module: `run` here is this recipe's own function.
+    from keras_tipsv2.utils import cli
 
-    sys.exit(run(main))
+    sys.exit(cli.run(main))
