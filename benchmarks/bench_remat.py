@@ -2,12 +2,21 @@
 rematerialised image-tower blocks (`TIPSv2Backbone(vision_remat=True)`).
 
 Each case (remat off, on) runs in its own process: it builds the B/14
-pretrainer (the recipe's heads, head-only EMA, AdamW), runs `--steps`
-train steps on one batch (224 px images, 2 local crops of 98 px, 64-token
-texts) and reports:
+pretrainer (the recipe's heads, head-only EMA, AdamW with its state built
+up front), runs `--steps` train steps on one batch (224 px images, 2 local
+crops of 98 px, 64-token texts) and reports:
 
+* step_peak_mib: what the measured steps (all but the first, which
+  compiles and allocates the gradients) add at their peak to the memory
+  resident before them: the kernel's high-water mark (VmHWM, reset through
+  /proc/self/clear_refs before the steps) minus VmRSS before them. Weights,
+  optimizer state and gradients are resident before, so this is the
+  activations and temporaries of forward and backward, what remat cuts.
+  (Without building the optimizer first, the process's peak comes at the
+  first step's update, where AdamW allocates its moments after the
+  activations are gone, and hides the saving.)
 * peak_rss_mib: the process's peak resident set size (`ru_maxrss`) over
-  building and the steps. The cases run with glibc's mmap threshold fixed
+  building and all steps. The cases run with glibc's mmap threshold fixed
   at 64 KiB (`MALLOC_MMAP_THRESHOLD_`): by default glibc raises the
   threshold after large blocks are freed and then serves large blocks from
   its heap, which keeps freed memory resident, so the peak RSS would count
@@ -15,8 +24,8 @@ texts) and reports:
   64 KiB is its own mapping, returned to the system when freed, and the
   peak RSS follows the memory in use (this slows the steps: the step times
   are for the comparison within a run only).
-* built_rss_mib: the peak RSS before the first step (libraries, weights);
-  step_peak_mib = peak_rss_mib - built_rss_mib is what the step added.
+* built_rss_mib: the peak RSS before the first step (libraries, weights,
+  optimizer state).
 * xla_temp_mib (JAX only): the temporaries XLA's buffer assignment gives
   the compiled train step (`memory_analysis().temp_size_in_bytes`): what
   the step needs beyond weights, optimizer state and batch, the figure
@@ -52,13 +61,27 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def status_mib(field):
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
+
+
+def reset_peak():
+    # Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def jax_step(model, batch):
     """(run_one_step, MiB of XLA temporaries): the JAX train step compiled
     as `fit` compiles it (state donated), and what XLA's buffer assignment
     gives it for temporaries."""
     import jax
 
-    model.optimizer.build(model.trainable_variables)
     state = (
         [v.value for v in model.trainable_variables],
         [v.value for v in model.non_trainable_variables],
@@ -87,6 +110,7 @@ def run_case(args):
     model = TIPSv2Pretrainer(backbone, ema="head", seed=0, **HEADS["b14"])
     model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.05))
     batch = make_batch("b14", args.batch, 224, 2, 64)
+    model.optimizer.build(model.trainable_variables)
     built = peak_rss_mib()
     row = dict(remat=args.remat, backend=keras.backend.backend(), batch=args.batch)
     if keras.backend.backend() == "jax":
@@ -94,13 +118,15 @@ def run_case(args):
     else:
         run_one_step = lambda: model.train_on_batch(batch, return_dict=True)  # noqa: E731
     times = []
-    for _ in range(args.steps):
+    for step in range(args.steps):
+        if step == 1:
+            before = status_mib("VmRSS")
+            reset_peak()
         start = time.perf_counter()
         logs = run_one_step()
         times.append(time.perf_counter() - start)
-    peak = peak_rss_mib()
     row.update(
-        built_rss_mib=built, peak_rss_mib=peak, step_peak_mib=peak - built,
+        built_rss_mib=built, peak_rss_mib=peak_rss_mib(), step_peak_mib=status_mib("VmHWM") - before,
         first_s=times[0], last_s=times[-1], loss=float(logs["loss"]),
     )  # fmt: skip
     print("ROW " + json.dumps(row), flush=True)
@@ -113,6 +139,8 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--case", choices=["off", "on"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step is not measured")
     if args.case:
         args.remat = args.case == "on"
         return run_case(args)
