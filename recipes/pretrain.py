@@ -16,8 +16,19 @@ have; a folder made with other flags is refused (pass --fresh or another
     python recipes/pretrain.py --init-from tipsv2_b14 --manifest data.jsonl --config b14
 
 Configs are code (`CONFIGS` below): "tiny" for CPUs, "b14" and "l14" for
-accelerators (on JAX, `--data-parallel` / `--model-parallel N` spread them
-over devices with `keras.distribution`).
+accelerators. `--data-parallel` splits every global batch (`--batch-size`)
+over the devices, with the same result as one device (JAX: all devices via
+`keras.distribution`, TensorFlow: a `MirroredStrategy` over the GPUs, torch:
+one process per device, started by torchrun); `--model-parallel N` (JAX)
+also shards the towers:
+
+    KERAS_BACKEND=jax python recipes/pretrain.py --config b14 --data-parallel
+    KERAS_BACKEND=tensorflow python recipes/pretrain.py --config b14 --data-parallel
+    KERAS_BACKEND=torch torchrun --nproc_per_node 8 recipes/pretrain.py --config b14 --data-parallel
+
+Only the first process (torchrun's rank 0, JAX's process 0) writes the run
+folder; the others restore its checkpoint when a run resumes, so several
+hosts need a shared file system.
 
 Why the tiny config looks the way it does (small studies on ShapesWorld): patch-text alignment of object identity only emerges when an object
 covers several patches, so 64 px images with patch 8 and objects of radius
@@ -226,7 +237,10 @@ def parse_args(argv=None):
     parser.add_argument("--eval-images", type=int, default=200, help="held-out ShapesWorld images to score")
     parser.add_argument("--no-eval", action="store_true", help="skip the ShapesWorld benchmark")
     parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 1/2 epoch)")
-    parser.add_argument("--data-parallel", action="store_true", help="JAX: data parallelism over all devices")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="split each global batch over all devices (torch: launch with torchrun)")
+    parser.add_argument("--multi-host", action="store_true",
+                        help="JAX: join the processes of several hosts first (keras.distribution.initialize)")
     parser.add_argument("--model-parallel", type=int, default=0,
                         help="JAX: shard the towers over this many devices (model axis)")
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
@@ -234,6 +248,12 @@ def parse_args(argv=None):
     common.check_data_arguments(parser, args)
     if args.pipeline == "python" and not common.uses_shapes(args):
         parser.error("--pipeline python reads ShapesWorld only; use tf.data for your data")
+    if args.data_parallel and args.pipeline == "python" and keras.backend.backend() == "torch":
+        parser.error("--data-parallel on torch slices tf.data batches per process; use --pipeline tf.data")
+    if args.model_parallel and keras.backend.backend() != "jax":
+        parser.error("--model-parallel uses keras.distribution, which needs KERAS_BACKEND=jax")
+    if args.multi_host and not args.data_parallel and not args.model_parallel:
+        parser.error("--multi-host goes with --data-parallel or --model-parallel")
     return args
 
 
@@ -456,15 +476,21 @@ def float32_backbone(backbone):
 
 
 def apply_distribution(args):
-    if not (args.data_parallel or args.model_parallel):
-        return
+    """The run's `DataParallelSetup` (one device: a setup of one replica)."""
+    from keras_tipsv2.training.distribution import DataParallelSetup
     from keras_tipsv2.training.distribution import data_parallel
     from keras_tipsv2.training.distribution import model_parallel
 
     if args.model_parallel:
+        if args.multi_host:
+            keras.distribution.initialize()
         model_parallel(args.model_parallel)
-    else:
-        data_parallel()
+        import jax
+
+        return DataParallelSetup(1, jax.process_index(), jax.process_count())
+    if args.data_parallel:
+        return data_parallel(multi_host=args.multi_host)
+    return DataParallelSetup(1)
 
 
 # --- Main ----------------------------------------------------------------------
@@ -484,13 +510,17 @@ def main(argv=None):
 def run(args):
     config = run_config(args)
     output = args.output or common.default_output(f"pretrain_{args.config}", args.quick)
-    backup_dir = common.start_run_folder(output, args.fresh)
+    setup = apply_distribution(args)
+    backup_dir = os.path.join(output, "checkpoint")
     settings = common.run_settings(args, config)
     settings["flags"]["minutes"] = budget_minutes(args)
-    # Refused before any slow work when the folder holds another run.
+    if setup.is_chief:
+        common.start_run_folder(output, args.fresh)
+    # The others read the run folder only once the chief has repaired or
+    # cleared it. Refused before any slow work when it holds another run.
+    setup.wait_for_all()
     with common.refusing_other_runs(output):
         plan = resumable_fit.stored_plan(backup_dir, settings)
-    apply_distribution(args)
     shapes = common.uses_shapes(args)
     world = shapes_world(config, "train", seed=args.seed)
     # --init-from resolved once: the preset for backbone and tokenizer, and a
@@ -502,7 +532,10 @@ def run(args):
 
     def fresh_model(plan):
         keras.utils.set_random_seed(args.seed)
-        model = build_pretrainer(build_backbone(config, proto, init_preset), config, plan, args.seed)
+        with setup.scope():
+            model = build_pretrainer(
+                build_backbone(config, proto, init_preset), config, plan, args.seed
+            )
         if init_weights:
             resumable_fit.load_weights_without_optimizer(model, init_weights)
         return model
@@ -521,7 +554,8 @@ def run(args):
         # frees the tokenizer's SentencePiece resource.
         tokenizer = tf_data_tokenizer(proto, sequence_length)
         source = common.raw_source(args, world, config["train_samples"])
-        return epoch_datasets(source, tokenizer, config, args.seed, shapes, skip_counter), None
+        epoch_dataset = epoch_datasets(source, tokenizer, config, args.seed, shapes, skip_counter)
+        return lambda epoch: setup.local_batches(epoch_dataset(epoch)), None
 
     def first_batch():
         # Its own counter: what measuring reads is not part of the run.
@@ -538,16 +572,20 @@ def run(args):
         )
 
     if plan is None:
-        plan = resumable_fit.save_plan(backup_dir, measure_plan(), settings)
+        # Every process measures (a train step runs on all of them); the
+        # chief's plan wins and only the chief writes it.
+        plan = setup.chief_numbers(measure_plan())
+        if setup.is_chief:
+            plan = resumable_fit.save_plan(backup_dir, plan, settings)
     model = fresh_model(plan)
     epoch_dataset, batches = fresh_data(skips)
     total = plan["epochs"] * plan["steps_per_epoch"]
     print(f"Training {total} steps ({plan['epochs']} epochs x {plan['steps_per_epoch']}) into {output}")
     start_time = time.perf_counter()
-    callbacks = common.logging_callbacks(output)
-    if skips is not None:
+    callbacks = common.logging_callbacks(output) if setup.is_chief else []
+    if skips is not None and setup.is_chief:
         callbacks.append(common.SkipReport(skips))
-    with common.refusing_other_runs(output), common.data_errors(skips):
+    with setup.scope(), common.refusing_other_runs(output), common.data_errors(skips):
         result = resumable_fit.fit_resumable(
             model,
             epoch_dataset,
@@ -556,8 +594,9 @@ def run(args):
             backup_dir=backup_dir,
             save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
             callbacks=callbacks,
-            verbose=args.verbose,
+            verbose=args.verbose if setup.is_chief else 0,
             step_batches=batches,
+            writes=setup.is_chief,
         )
     seconds = time.perf_counter() - start_time
     trained = result["end_step"] - result["start_step"]
@@ -582,7 +621,10 @@ def run(args):
         "overrides": args.set,
         "init_from": args.init_from,
         "mixed_precision": args.mixed_precision,
+        "replicas": setup.num_replicas,
     }
+    if not setup.is_chief:
+        return {"output": output, "preset": None, "train": info, "evaluation": None}
     backbone = float32_backbone(model.backbone)
     preset = common.export_preset(
         backbone, os.path.join(output, "preset"), proto, config["image_size"]
@@ -598,6 +640,7 @@ def run(args):
 
 
 if __name__ == "__main__":
-    from keras_tipsv2.utils.cli import run
+    # Imported as a module: `run` here is this recipe's own function.
+    from keras_tipsv2.utils import cli
 
-    sys.exit(run(main))
+    sys.exit(cli.run(main))

@@ -45,6 +45,9 @@ class TIPSv2Backbone(Backbone):
             number, or a list with one per block (e.g. near zero except the
             last block, whose value path the TIPS protocol reads).
         vision_drop_path_rate: stochastic depth for training.
+        vision_remat: in training calls, recompute each image-tower block
+            in the backward pass instead of keeping its activations (less
+            memory, about one more forward pass; not with stochastic depth).
         text_vocabulary_size: 32000.
         text_hidden_dim, text_num_layers, text_num_heads,
         text_intermediate_dim: text tower shape (27 layers for So400m).
@@ -82,6 +85,7 @@ class TIPSv2Backbone(Backbone):
         vision_layer_scale=False,
         vision_layer_scale_init=1.0,
         vision_drop_path_rate=0.0,
+        vision_remat=False,
         text_vocabulary_size=32000,
         text_max_sequence_length=64,
         text_layer_norm_epsilon=1e-6,
@@ -105,6 +109,7 @@ class TIPSv2Backbone(Backbone):
             layer_scale=vision_layer_scale,
             layer_scale_init=vision_layer_scale_init,
             drop_path_rate=vision_drop_path_rate,
+            remat=vision_remat,
             dtype=dtype,
             name="vision_encoder",
         )
@@ -164,6 +169,7 @@ class TIPSv2Backbone(Backbone):
         self.vision_layer_scale = vision_layer_scale
         self.vision_layer_scale_init = vision_layer_scale_init
         self.vision_drop_path_rate = vision_drop_path_rate
+        self.vision_remat = vision_remat
         self.text_vocabulary_size = text_vocabulary_size
         self.text_hidden_dim = text_hidden_dim
         self.text_num_layers = text_num_layers
@@ -346,6 +352,7 @@ class TIPSv2Backbone(Backbone):
                     else list(self.vision_layer_scale_init)
                 ),
                 "vision_drop_path_rate": self.vision_drop_path_rate,
+                "vision_remat": self.vision_remat,
                 "text_vocabulary_size": self.text_vocabulary_size,
                 "text_hidden_dim": self.text_hidden_dim,
                 "text_num_layers": self.text_num_layers,

@@ -32,6 +32,14 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
     with intermediate outputs for the DPT heads. `TIPSv2Backbone` documents
     the arguments (`vision_*`).
 
+    With `remat=True`, training calls (`training=True`) keep only each
+    block's input for the backward pass and recompute the block there
+    (`keras.remat`: `jax.checkpoint`, `tf.recompute_grad`,
+    `torch.utils.checkpoint`): the same gradients with less memory, for
+    about one more forward pass. Stochastic depth draws random numbers
+    inside the blocks, which a recomputation would draw again, so the two
+    do not combine.
+
     Call arguments:
         images: (B, H, W, 3) floats in [0, 1]; sides that are not a multiple
             of the patch are centre-padded.
@@ -60,8 +68,15 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         layer_scale=False,
         layer_scale_init=1.0,
         drop_path_rate=0.0,
+        remat=False,
         **kwargs,
     ):
+        if remat and drop_path_rate:
+            raise ValueError(
+                "remat recomputes each block in the backward pass, which would "
+                f"draw stochastic depth again; got drop_path_rate={drop_path_rate}. "
+                "Use one or the other."
+            )
         super().__init__(**kwargs)
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
@@ -75,6 +90,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         self.layer_scale = layer_scale
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
+        self.remat = remat
         block_inits = layer_scale_init_per_block(layer_scale_init, num_layers)
         policy = self.dtype_policy
         self.embedding = TIPSv2VisionEmbedding(
@@ -134,12 +150,15 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         x = self.embedding(images, masks=masks)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(
-                x,
-                training=training,
-                values_trick=values_trick if i == last else None,
-                attention_fn=attention_fn,
-            )
+            trick = values_trick if i == last else None
+            if self.remat and training:
+                x = keras.remat(
+                    lambda t, block=block, trick=trick: block(
+                        t, training=training, values_trick=trick, attention_fn=attention_fn
+                    )
+                )(x)
+            else:
+                x = block(x, training=training, values_trick=trick, attention_fn=attention_fn)
         return self._split(self.norm(x), self._grid(images))
 
     def intermediate_layers(self, images, indices, attention_fn=None):
@@ -208,6 +227,7 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                     else list(self.layer_scale_init)
                 ),
                 "drop_path_rate": self.drop_path_rate,
+                "remat": self.remat,
             }
         )
         return config

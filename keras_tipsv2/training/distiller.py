@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_tipsv2.layers.projection_head import TIPSv2ProjectionHead
 from keras_tipsv2.layers.vision_embedding import antialiased_resize
+from keras_tipsv2.training import distribution
 from keras_tipsv2.training import losses
 from keras_tipsv2.training.common import CAPTION_SAMPLINGS
 from keras_tipsv2.training.common import CENTERINGS
@@ -12,7 +13,7 @@ from keras_tipsv2.training.common import check_image_text_batch
 from keras_tipsv2.training.common import projection_head
 from keras_tipsv2.training.common import teacher_targets
 from keras_tipsv2.training.ema import copy_weights
-from keras_tipsv2.training.masking import random_patch_masks
+from keras_tipsv2.training.masking import replica_random_masks
 from keras_tipsv2.training.train_step import TIPSv2TrainingModel
 
 DISTILLATION_MODES = ("head", "features")
@@ -273,9 +274,9 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
         if self.mask_ratio <= 0.0:
             return None
         patch = self.student.vision_patch_size
-        return random_patch_masks(
+        return replica_random_masks(
             ops.shape(images)[0], images.shape[1] // patch, images.shape[2] // patch,
-            self.mask_ratio, seed=self.seed_generator,
+            self.mask_ratio, self.seed_generator,
         )  # fmt: skip
 
     def _encode_text(self, text, training):
@@ -300,7 +301,7 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
             self.sinkhorn_iterations,
             update_centers=training,
         )
-        cls_loss = ops.mean(
+        cls_loss = distribution.batch_mean(
             losses.teacher_student_cross_entropy(
                 cls_targets, self.student_head(student_cls), self.student_temperature
             )

@@ -6,11 +6,19 @@ values as documented. Teacher quantities are passed through
 `ops.stop_gradient` here, so callers cannot forget it.
 
 Notation: K prototypes, B images, N patch tokens per image, M local crops.
+
+Under data parallelism on TensorFlow or torch (see `distribution`), every
+batch-wide quantity here spans the global batch: the contrastive and KoLeo
+losses compare a replica's rows with the gathered rows of all replicas, the
+centres and Sinkhorn-Knopp sum over all replicas, and means over examples
+are `distribution.batch_mean`s. A loss then has the global batch's value on
+every replica and the gradient of the replica's share.
 """
 
 from keras import ops
 
 from keras_tipsv2.layers.functional import l2_normalize
+from keras_tipsv2.training import distribution
 
 
 def _f32(x):
@@ -20,6 +28,19 @@ def _f32(x):
 def _no_grad(x):
     # convert first: torch's stop_gradient needs a tensor, not a NumPy array.
     return ops.stop_gradient(ops.convert_to_tensor(x))
+
+
+def _matching_cross_entropy(queries, keys, temperature):
+    """Per local query row: softmax cross-entropy of its cosine logits over
+    the keys of the global batch, the target being its own pair."""
+    all_keys = distribution.all_gather(keys)
+    logits = ops.matmul(queries, ops.transpose(all_keys)) / _f32(temperature)
+    targets = ops.one_hot(
+        distribution.global_rows(ops.shape(queries)[0]),
+        ops.shape(all_keys)[0],
+        dtype="float32",
+    )
+    return -ops.sum(targets * ops.log_softmax(logits, axis=1), axis=1)
 
 
 def clip_contrastive_loss(image_embeddings, text_embeddings, temperature):
@@ -33,16 +54,16 @@ def clip_contrastive_loss(image_embeddings, text_embeddings, temperature):
 
     Returns:
         Scalar: (CE(image -> text) + CE(text -> image)) / 2, each averaged
-        over the batch.
+        over the batch. Under data parallelism the negatives are those of
+        the global batch.
     """
     x = l2_normalize(_f32(image_embeddings))
     y = l2_normalize(_f32(text_embeddings))
-    logits = ops.matmul(x, ops.transpose(y)) / _f32(temperature)
-    batch = ops.shape(logits)[0]
-    labels = ops.one_hot(ops.arange(batch), batch, dtype="float32")
-    image_to_text = -ops.sum(labels * ops.log_softmax(logits, axis=1), axis=1)
-    text_to_image = -ops.sum(labels * ops.log_softmax(logits, axis=0), axis=0)
-    return 0.5 * (ops.mean(image_to_text) + ops.mean(text_to_image))
+    # Each replica scores its images against all texts and its texts
+    # against all images: the rows of the global B x B loss it owns.
+    image_to_text = _matching_cross_entropy(x, y, temperature)
+    text_to_image = _matching_cross_entropy(y, x, temperature)
+    return 0.5 * (distribution.batch_mean(image_to_text) + distribution.batch_mean(text_to_image))
 
 
 def dual_contrastive_loss(cls_tokens, alt_text_embeddings, caption_embeddings, temperature):
@@ -89,10 +110,12 @@ def updated_center(center, teacher_logits, momentum=0.9, weights=None):
     """
     logits = ops.reshape(_f32(_no_grad(teacher_logits)), (-1, ops.shape(teacher_logits)[-1]))
     if weights is None:
-        batch_mean = ops.mean(logits, axis=0, keepdims=True)
+        w = ops.ones((ops.shape(logits)[0], 1), dtype="float32")
     else:
         w = ops.reshape(_f32(weights), (-1, 1))
-        batch_mean = ops.sum(w * logits, axis=0, keepdims=True) / ops.maximum(ops.sum(w), 1.0)
+    # Sums over the global batch's rows.
+    total = distribution.all_sum(ops.sum(w * logits, axis=0, keepdims=True))
+    batch_mean = total / ops.maximum(distribution.all_sum(ops.sum(w)), 1.0)
     return momentum * _f32(center) + (1.0 - momentum) * batch_mean
 
 
@@ -115,18 +138,20 @@ def sinkhorn_knopp(teacher_logits, teacher_temperature, num_iterations=3, weight
     logits = ops.reshape(_f32(_no_grad(teacher_logits)), (-1, num_prototypes))
     logits = logits / _f32(teacher_temperature)
     # Subtracting the global max leaves Q unchanged after normalisation
-    # and keeps exp() finite at small temperatures.
-    q = ops.exp(logits - ops.max(logits))
+    # and keeps exp() finite at small temperatures. The samples are those
+    # of the global batch: its max, and sums over all replicas' rows.
+    q = ops.exp(logits - distribution.all_max(ops.max(logits)))
     if weights is None:
         w = ops.ones((ops.shape(logits)[0], 1), dtype="float32")
     else:
         w = ops.reshape(_f32(weights), (-1, 1))
     q = q * w
-    num_samples = ops.maximum(ops.sum(w), 1.0)
-    q = q / ops.sum(q)
+    num_samples = ops.maximum(distribution.all_sum(ops.sum(w)), 1.0)
+    q = q / distribution.all_sum(ops.sum(q))
     for _ in range(num_iterations):
         # Each prototype (column here) gets mass 1/K ...
-        q = q / ops.maximum(ops.sum(q, axis=0, keepdims=True), 1e-30)
+        column_mass = distribution.all_sum(ops.sum(q, axis=0, keepdims=True))
+        q = q / ops.maximum(column_mass, 1e-30)
         q = q / num_prototypes
         # ... and each sample (row) mass 1/num_samples.
         q = q / ops.maximum(ops.sum(q, axis=1, keepdims=True), 1e-30)
@@ -157,7 +182,7 @@ def dino_cls_loss(teacher_probabilities, student_logits, student_temperature=0.1
     ce = teacher_student_cross_entropy(
         teacher_probabilities[:, None], student_logits, student_temperature
     )
-    return ops.mean(ce)
+    return distribution.batch_mean(ce)
 
 
 PATCH_LOSSES = ("ibot++", "ibot")
@@ -186,26 +211,32 @@ def patch_loss(teacher_probabilities, student_logits, masks, mode="ibot++", stud
     batch = ops.shape(ce)[0]
     ce = ops.reshape(ce, (batch, -1))
     if mode == "ibot++":
-        return ops.mean(ops.mean(ce, axis=1))
+        return distribution.batch_mean(ops.mean(ce, axis=1))
     m = ops.reshape(ops.cast(masks, "float32"), (batch, -1))
     per_image = ops.sum(ce * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
-    return ops.mean(per_image)
+    return distribution.batch_mean(per_image)
 
 
 def koleo_loss(embeddings, epsilon=1e-8):
     """KoLeo spreading regulariser: -mean_i log(||x_i - x_nn(i)|| + eps).
 
     x are the L2-normalised rows of `embeddings` (B, D) and nn(i) is the
-    other row with the largest dot product (DINOv2's estimator).
+    other row with the largest dot product (DINOv2's estimator), searched in
+    the global batch under data parallelism.
     """
     x = l2_normalize(_f32(embeddings))
-    batch = ops.shape(x)[0]
-    similarity = ops.matmul(x, ops.transpose(x))
+    everyone = distribution.all_gather(x)
+    similarity = ops.matmul(x, ops.transpose(everyone))
     # Exclude the point itself from its neighbours.
-    similarity = similarity - 3.0 * ops.eye(batch, dtype="float32")
+    itself = ops.one_hot(
+        distribution.global_rows(ops.shape(x)[0]), ops.shape(everyone)[0], dtype="float32"
+    )
+    similarity = similarity - 3.0 * itself
     neighbour = ops.argmax(_no_grad(similarity), axis=1)
-    distance = ops.sqrt(ops.sum(ops.square(x - ops.take(x, neighbour, axis=0)), axis=-1) + 1e-12)
-    return -ops.mean(ops.log(distance + epsilon))
+    distance = ops.sqrt(
+        ops.sum(ops.square(x - ops.take(everyone, neighbour, axis=0)), axis=-1) + 1e-12
+    )
+    return -distribution.batch_mean(ops.log(distance + epsilon))
 
 
 FEATURE_LOSSES = ("cosine", "smooth_l1")
@@ -232,9 +263,9 @@ def feature_matching_loss(student_features, teacher_features, mode="cosine", bet
     teacher = _f32(_no_grad(teacher_features))
     if mode == "cosine":
         cosine = ops.sum(l2_normalize(_f32(student)) * l2_normalize(_f32(teacher)), axis=-1)
-        return ops.mean(1.0 - cosine)
+        return distribution.batch_mean(1.0 - cosine)
     difference = ops.abs(student - teacher)
     huber = ops.where(
         difference < beta, 0.5 * ops.square(difference) / beta, difference - 0.5 * beta
     )
-    return ops.mean(huber)
+    return distribution.batch_mean(huber)

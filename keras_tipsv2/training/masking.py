@@ -21,6 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tipsv2.training import distribution
+
 
 def num_masked_patches(height, width, ratio):
     """round(ratio * h * w), the exact per-image masked count."""
@@ -47,6 +49,16 @@ def random_patch_masks(batch_size, height, width, ratio=0.75, seed=None):
     # permutation, so "rank < count" masks exactly `count` tokens.
     ranks = ops.argsort(ops.argsort(noise, axis=-1), axis=-1)
     return ops.reshape(ranks < count, (batch_size, height, width))
+
+
+def replica_random_masks(batch_size, height, width, ratio, seed):
+    """`random_patch_masks` for this replica's `batch_size` images: under
+    data parallelism (TensorFlow, torch) each replica draws the masks of
+    the global batch from the same seed state and keeps its own rows, so
+    the masks are those one device would draw."""
+    global_batch = batch_size * distribution.num_replicas()
+    masks = random_patch_masks(global_batch, height, width, ratio, seed=seed)
+    return distribution.replica_slice(masks, batch_size)
 
 
 def block_patch_masks(

@@ -13,7 +13,7 @@ from keras_tipsv2.training.ema import EMA_MODES
 from keras_tipsv2.training.ema import copy_weights
 from keras_tipsv2.training.ema import ema_update
 from keras_tipsv2.training.ema import pretraining_parameter_counts
-from keras_tipsv2.training.masking import random_patch_masks
+from keras_tipsv2.training.masking import replica_random_masks
 from keras_tipsv2.training.schedules import linear_warmup
 from keras_tipsv2.training.train_step import TIPSv2TrainingModel
 
@@ -275,9 +275,9 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         patch_shape = clean["patch_tokens"].shape
         masks = batch.get("masks")
         if masks is None:
-            masks = random_patch_masks(
+            masks = replica_random_masks(
                 ops.shape(images)[0], patch_shape[1], patch_shape[2],
-                self.mask_ratio, seed=self.seed_generator,
+                self.mask_ratio, self.seed_generator,
             )
         masks = ops.cast(masks, "bool")
         masked = self.backbone.encode_images(images, masks=masks, training=training)

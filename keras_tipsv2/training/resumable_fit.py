@@ -185,6 +185,8 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     Args:
         backup_dir: the folder of the checkpoint (kept after training).
         save_freq: save every this many batches, or "epoch".
+        writes: False to restore only (the processes of a multi-process
+            run other than the one that writes the checkpoint).
 
     Example:
 
@@ -194,8 +196,9 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     ```
     """
 
-    def __init__(self, backup_dir, save_freq="epoch"):
+    def __init__(self, backup_dir, save_freq="epoch", writes=True):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+        self.writes = writes
 
     @property
     def checkpoint_path(self):
@@ -222,6 +225,8 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._current_epoch = epoch
 
     def _save_model(self):
+        if not self.writes:
+            return
         save_checkpoint(self.model, self.checkpoint_path)
 
 
@@ -235,6 +240,7 @@ def fit_resumable(
     callbacks=(),
     verbose="auto",
     step_batches=None,
+    writes=True,
 ):
     """`model.fit` for `epochs` x `steps_per_epoch` steps that survives being killed.
 
@@ -257,6 +263,9 @@ def fit_resumable(
         step_batches: instead of `epoch_dataset`, `(first_step, count) ->`
             any dataset `fit` takes (e.g. a `ShapesWorldBatches` view) whose
             batches are a pure function of the global step.
+        writes: False on the processes of a multi-process run (torchrun,
+            multi-host JAX) other than the chief: they restore the chief's
+            checkpoint but never write it.
 
     Returns:
         {"start_step": the step restored from (0 for a fresh run),
@@ -275,7 +284,9 @@ def fit_resumable(
     )
     ```
     """
-    backup = ResumableBackupAndRestore(backup_dir, save_freq=save_every or "epoch")
+    backup = ResumableBackupAndRestore(
+        backup_dir, save_freq=save_every or "epoch", writes=writes
+    )
     start = backup.restore(model)
     total = epochs * steps_per_epoch
     if start > total:

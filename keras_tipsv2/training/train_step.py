@@ -18,12 +18,22 @@ JAX runs every hook inside a `keras.StatelessScope` (so reads see the values
 of the jitted state and assignments come back as new state), torch uses
 autograd, TensorFlow a `GradientTape`.
 
+Data parallelism (`distribution.py`): under JAX the step is one SPMD
+program over the global batch. Under a `tf.distribute` strategy or a torch
+process group every replica runs the step on its slice of the batch; the
+losses then hold the global batch's value with the gradient of the
+replica's share, and the step sums the gradients over the replicas before
+`process_gradients`, so clipping sees the global batch's gradient and every
+replica applies the same update.
+
 Mixed precision: `mixed_bfloat16` needs no loss scaling and is supported;
 `mixed_float16`'s `LossScaleOptimizer` is not (the steps do not scale).
 """
 
 import keras
 from keras import ops
+
+from keras_tipsv2.training import distribution
 
 
 def clip_by_global_norm(grads, clip_norm):
@@ -83,6 +93,15 @@ class TIPSv2TrainingModel(keras.Model):
             f"{type(self).__name__} is trained with fit(); use its backbone "
             "for inference."
         )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras's TensorFlow trainer (under a tf.distribute strategy)
+        # averages the first batch across replicas to build the model
+        # symbolically, which fails on bool inputs such as iBOT masks.
+        # Training models are built in __init__: only the optimizer is left.
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def _take_snapshots(self):
         return [ops.copy(v.value) for v in self.snapshot_variables()]
@@ -197,6 +216,10 @@ class TIPSv2TrainingModel(keras.Model):
     def _torch_train_step(self, data):
         import torch
 
+        if not getattr(self, "_replicas_agree", False):
+            # Like DDP at start: every rank continues from rank 0's state.
+            distribution.broadcast_variables(self.variables)
+            self._replicas_agree = True
         batch = self._batch(data)
         self.zero_grad()
         total, logs = self.compute_losses(batch, training=True)
@@ -207,6 +230,7 @@ class TIPSv2TrainingModel(keras.Model):
             for v in variables
         ]
         with torch.no_grad():
+            grads = distribution.sum_gradients(grads)
             grads = self.process_gradients(grads)
             snapshots = self._take_snapshots()
             self.optimizer.apply(grads, variables)
@@ -226,8 +250,15 @@ class TIPSv2TrainingModel(keras.Model):
         grads = [
             tf.zeros_like(v.value) if g is None else g for g, v in zip(grads, variables)
         ]
+        grads = distribution.sum_gradients(grads)
         grads = self.process_gradients(grads)
         snapshots = self._take_snapshots()
+        if distribution.num_replicas() > 1:
+            # Keras's optimizer sums the replicas' gradients once more; these
+            # are summed already, so the first replica hands them over and
+            # the others zeros (an exact sum on any number of replicas).
+            first = ops.equal(distribution.replica_index(), 0)
+            grads = [ops.where(first, g, ops.zeros_like(g)) for g in grads]
         self.optimizer.apply(grads, variables)
         self.after_optimizer_step(snapshots)
         return self._update_logs(logs)
