@@ -218,10 +218,72 @@ def test_mask_ratio_masks_that_fraction_of_student_patches():
     assert unmasked._student_masks(np.zeros((3, 56, 56, 3), "float32")) is None
 
 
+def supervision_case(mode, patch_supervision):
+    """A distiller masking half the student's patches, the student's patch
+    tokens of a batch and the same tokens changed at the masked patches."""
+    model = TIPSv2Distiller(
+        tiny_teacher(), tiny_teacher(), mode=mode, mask_ratio=0.5, seed=0,
+        patch_supervision=patch_supervision, text_tower="student", **HEAD,
+    )  # fmt: skip
+    images = make_batch(batch=2)["images"]
+    masks = model._student_masks(images)
+    masked = ops.convert_to_numpy(masks)
+    teacher_cls, teacher_patch = model._teacher_tokens(images, masked.shape[1:])
+    student_patch = ops.convert_to_numpy(teacher_patch).copy()
+    changed = student_patch.copy()
+    changed[masked] += 3.0 * np.random.default_rng(0).normal(size=changed[masked].shape)
+    return model, masks, teacher_cls, teacher_patch, student_patch, changed
+
+
+def patch_losses(model, masks, teacher_cls, teacher_patch, *student_patches):
+    if model.mode == "features":
+        return [
+            float(model._feature_losses(teacher_cls, p, teacher_cls, teacher_patch, masks)[1])
+            for p in student_patches
+        ]
+    return [
+        float(model._head_losses(teacher_cls, p, teacher_cls, teacher_patch, masks, False)[1])
+        for p in student_patches
+    ]
+
+
+@pytest.mark.parametrize("mode", ["head", "features"])
+def test_visible_supervision_ignores_what_the_student_makes_of_masked_patches(mode):
+    model, masks, cls, patch, student, changed = supervision_case(mode, "visible")
+    before, after = patch_losses(model, masks, cls, patch, student, changed)
+    assert after == pytest.approx(before, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["head", "features"])
+@pytest.mark.parametrize("supervision", ["masked", "all"])
+def test_masked_and_all_token_supervision_see_the_masked_patches(mode, supervision):
+    model, masks, cls, patch, student, changed = supervision_case(mode, supervision)
+    before, after = patch_losses(model, masks, cls, patch, student, changed)
+    assert after > before + 1e-3
+
+
+def test_masked_supervision_of_features_averages_the_masked_tokens_only():
+    model, masks, cls, patch, student, changed = supervision_case("features", "masked")
+    got = patch_losses(model, masks, cls, patch, changed)[0]
+    m = ops.convert_to_numpy(masks).reshape(2, -1)
+    s = changed.reshape(*m.shape, -1)
+    t = ops.convert_to_numpy(patch).reshape(*m.shape, -1)
+    cosine = np.sum(s * t, -1) / np.linalg.norm(s, axis=-1) / np.linalg.norm(t, axis=-1)
+    want = np.mean([(1 - cosine[i])[m[i]].mean() for i in range(2)])
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("supervision", ["masked", "visible"])
+def test_token_subset_supervision_without_masking_is_a_clear_error(supervision):
+    with pytest.raises(ValueError, match="mask_ratio > 0"):
+        TIPSv2Distiller(tiny_teacher(), tiny_student(), patch_supervision=supervision)
+
+
 @pytest.mark.parametrize(
     "option, value",
-    [("mode", "logits"), ("text_tower", "none"), ("feature_loss", "l2"), ("mask_ratio", 1.0)],
-)
+    [("mode", "logits"), ("text_tower", "none"), ("feature_loss", "l2"), ("mask_ratio", 1.0),
+     ("patch_supervision", "some")],
+)  # fmt: skip
 def test_bad_options_are_clear_errors(option, value):
     with pytest.raises(ValueError, match=option):
         TIPSv2Distiller(tiny_teacher(), tiny_student(), **{option: value})
