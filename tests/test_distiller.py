@@ -342,8 +342,19 @@ def write_teacher_preset(directory):
     return teacher
 
 
-def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_path):
+def load_distill_recipe():
     import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "distill.py")
+    spec = importlib.util.spec_from_file_location("distill_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_path):
+    import json
     import os
 
     from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
@@ -351,16 +362,20 @@ def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_pat
 
     keras.utils.set_random_seed(0)
     teacher = write_teacher_preset(str(tmp_path / "teacher"))
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "distill.py")
-    spec = importlib.util.spec_from_file_location("distill_recipe", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    out = recipe.main(
+    out = load_distill_recipe().main(
         ["--teacher", str(tmp_path / "teacher"), "--student-config", "tiny", "--quick",
          "--output", str(tmp_path / "run"), "--verbose", "0"]
     )  # fmt: skip
     assert out["train"]["text_tower"] == "teacher" and out["train"]["steps"] == 4
     assert os.path.exists(tmp_path / "run" / "log.csv")
+    # The held-out ShapesWorld report, the student beside its teacher.
+    student_miou = out["evaluation"]["student"]["segmentation"]["shape"]["values"]
+    teacher_miou = out["evaluation"]["teacher"]["segmentation"]["shape"]["values"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| | student | teacher | student − teacher |" in report
+    assert f"| mIoU shape, values (TIPS) | {100 * student_miou:.1f} | {100 * teacher_miou:.1f} |" in report
+    with open(tmp_path / "run" / "results.json") as f:
+        assert set(json.load(f)["evaluation"]) == {"student", "teacher"}
 
     student = TIPSv2Backbone.from_preset(out["preset"])
     # The student's 2-layer image tower, paired with the teacher's text tower.
@@ -377,3 +392,22 @@ def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_pat
     result = segmenter.segment(image, mode="whole")
     assert result["labels"].shape == (56, 56) and result["scores"].shape == (56, 56, 3)
     assert set(np.unique(result["labels"])) <= {0, 1, 2}
+
+
+def test_half_width_student_keeps_the_teachers_architecture_at_half_its_width():
+    from tests.spm_utils import tiny_spm_bytes
+
+    teacher = TIPSv2Backbone(
+        **tiny_backbone_kwargs(
+            vision_layer_scale=True, vision_layer_scale_init=[1e-5, 1.0], text_vocabulary_size=150
+        )
+    )
+    recipe = load_distill_recipe()
+    student = recipe.teacher_shaped_student(teacher, tiny_spm_bytes(), half_width=True)
+    assert (student.vision_hidden_dim, student.text_hidden_dim) == (16, 16)
+    assert (student.vision_intermediate_dim, student.text_intermediate_dim) == (32, 32)
+    config = student.get_config()
+    assert config["vision_layer_scale_init"] == [1e-5, 1.0]
+    assert config["vision_num_layers"] == 2 and config["vision_num_heads"] == 4
+    same = recipe.teacher_shaped_student(teacher, tiny_spm_bytes(), half_width=False)
+    assert same.count_params() == teacher.count_params()
