@@ -1,6 +1,6 @@
 """Distil a smaller TIPSv2 student from a frozen teacher with `model.fit`.
 
-The TIPSv2 recipe for its small models (training_recipe.md §2.1): frozen
+The TIPSv2 recipe for its small models (TIPSv2, arXiv 2604.12012): frozen
 teacher, randomly initialised student, no masking, a loss on every patch
 token and on the CLS tokens, plus the image-text contrastive loss against
 the teacher's (frozen) text tower. The student is exported as a KerasHub

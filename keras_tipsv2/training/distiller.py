@@ -36,7 +36,7 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
     """TIPSv2 distillation: a student image tower learns a frozen teacher's
     CLS and patch tokens, while staying aligned with a text tower.
 
-    The TIPSv2 recipe for its small models (training_recipe.md §2.1): a
+    The TIPSv2 recipe for its small models (TIPSv2, arXiv 2604.12012): a
     frozen pretrained teacher (not an EMA), a randomly initialised student,
     no masking, and a loss on *every* patch token, which is what makes the
     students beat their teacher at patch-text alignment.

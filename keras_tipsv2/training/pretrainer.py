@@ -38,7 +38,7 @@ def _float_weights(layer):
 class TIPSv2Pretrainer(TIPSv2TrainingModel):
     """TIPSv2 pretraining: dual contrastive + DINO + iBOT++ with head-only EMA.
 
-    Per batch (training_recipe.md §7):
+    Per batch:
     1. The clean image goes once through the backbone, with gradient: its
        CLS_1 / CLS_2 feed the dual contrastive loss (CLS_1 <-> alt-text,
        CLS_2 <-> caption), and, under `stop_gradient`, the EMA teacher head
