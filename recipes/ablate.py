@@ -94,6 +94,8 @@ def parse_args(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="pretraining studies: a pretrain.py config override for every run, "
                         "e.g. --set world.empty_fraction=0")
+    parser.add_argument("--pipeline", choices=["tf.data", "python"], default="tf.data",
+                        help="pretraining studies: pretrain.py's input pipeline ('python' needs no TensorFlow)")
     distillation = parser.add_argument_group("--study distillation")
     distillation.add_argument("--teacher", default="tipsv2_tiny_shapes",
                               help="teacher preset (name or folder), or a pretrain.py run folder")
@@ -118,6 +120,7 @@ def run_flags(variant, seed, args, steps, output):
         "--patch-loss", variant["patch_loss"], "--ema", variant["ema"],
         "--caption-sampling", variant["caption_sampling"], "--seed", str(seed),
         "--output", output, "--eval-images", str(args.eval_images), "--verbose", "0",
+        "--pipeline", args.pipeline,
     ]  # fmt: skip
     if args.quick:
         flags.append("--quick")

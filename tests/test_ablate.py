@@ -16,11 +16,12 @@ import pretrain  # noqa: E402
 def test_patch_loss_study_sweeps_the_weight_for_each_loss_form():
     args = ablate.parse_args(
         ["--study", "patch-loss", "--steps", "5", "--patch-weights", "0.5", "2",
-         "--visible-weight", "1", "--set", "world.empty_fraction=0"]
+         "--visible-weight", "1", "--set", "world.empty_fraction=0", "--pipeline", "python"]
     )  # fmt: skip
     configs = {}
     for name, weight, variant in ablate.patch_loss_variants(args):
         flags = ablate.run_flags(variant, 0, args, 5, "out")
+        assert pretrain.parse_args(flags).pipeline == "python"
         configs[name] = pretrain.run_config(pretrain.parse_args(flags))
         assert configs[name]["pretrainer"]["patch_weight"] == weight, name
         assert configs[name]["world"]["empty_fraction"] == 0, name
