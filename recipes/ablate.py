@@ -38,9 +38,11 @@ difference to iBOT at the same weight.
         --visible-weight 1 --set steps_per_epoch=250 --set train_samples=16384
     python recipes/ablate.py --quick --seeds 1                                        # smoke run
 
-Every run writes its own folder under --output; the study writes
+Every run writes its own folder under --output. Runs go seed by seed (every
+variant at seed 0 first), and after each seed the study rewrites
 ablation.md (the table and the command) and ablation.json (every run's
-numbers).
+numbers); started again, it reads the runs that finished instead of
+repeating them.
 """
 
 import argparse
@@ -268,67 +270,101 @@ def floors_of(evaluation):
 # --- Studies -----------------------------------------------------------------
 
 
-def pretraining_study(variants, args):
-    """[(name, [values per seed])], the last evaluation: one pretraining run
-    per variant and seed, every run with the first run's step count."""
-    steps = args.steps
-    rows = []
-    for index, (name, variant) in enumerate(variants):
-        runs = []
-        for seed in range(args.seeds):
-            output = os.path.join(args.output, f"variant{index}_seed{seed}")
-            flags = run_flags(variant, seed, args, steps, output)
-            if steps is None and not args.quick:
+def finished_result(output, steps):
+    """A run folder's results if the run finished and was scored (with
+    `steps` steps, when given), else None: a stopped study started again
+    reads its finished runs instead of repeating them."""
+    path = os.path.join(output, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    if not result.get("evaluation") or (steps is not None and result["train"]["steps"] != steps):
+        return None
+    return result
+
+
+def seed_by_seed(names, seeds, run, write):
+    """Runs `run(index, seed)` for every variant at seed 0, then at seed 1,
+    ...: a study stopped early still compares every variant on the same
+    seeds. Calls `write(rows)` after each seed, rows [(name, [values])]."""
+    runs = {name: [] for name in names}
+    for seed in range(seeds):
+        for index, name in enumerate(names):
+            runs[name].append(run(index, seed))
+        write([(name, list(runs[name])) for name in names])
+        print(f"seed {seed}: every variant done")
+    return [(name, runs[name]) for name in names]
+
+
+def pretraining_study(variants, args, write):
+    """One pretraining run per variant and seed, every run with the first
+    run's step count; `write(rows, evaluation)` after each seed."""
+    state = {"steps": args.steps, "evaluation": None}
+
+    def run(index, seed):
+        name, variant = variants[index]
+        output = os.path.join(args.output, f"variant{index}_seed{seed}")
+        result = finished_result(output, state["steps"])
+        if result is None:
+            flags = run_flags(variant, seed, args, state["steps"], output)
+            if state["steps"] is None and not args.quick:
                 flags += ["--minutes", str(args.minutes_per_run)]
             result = pretrain.main(flags)
-            # Equal compute: every later run gets the first run's step count.
-            steps = steps or result["train"]["steps"]
-            runs.append(pretraining_values(result))
-        rows.append((name, runs))
-        print(f"{name}: done ({args.seeds} seeds)")
-    return rows, result["evaluation"]
+        # Equal compute: every later run gets the first run's step count.
+        state["steps"] = state["steps"] or result["train"]["steps"]
+        state["evaluation"] = result["evaluation"]
+        return pretraining_values(result)
+
+    names = [name for name, _ in variants]
+    return seed_by_seed(names, args.seeds, run, lambda rows: write(rows, state["evaluation"]))
 
 
-def distillation_study(args):
-    """[(name, [values per seed])], the teacher's values and the last
-    student evaluation."""
-    rows, teacher = [], None
-    for student in args.students:
-        for supervision in args.supervisions:
-            runs = []
-            for seed in range(args.seeds):
-                output = os.path.join(args.output, f"{student}_{supervision}_seed{seed}")
-                result = distill.main(distill_flags(student, supervision, seed, args, output))
-                teacher = score_values(result["evaluation"]["teacher"])
-                teacher["image-tower params"] = result["train"]["vision_parameters"]["teacher"]
-                runs.append(distillation_values(result, teacher))
-            name = f"{student} student, {SUPERVISION_NAMES[supervision]}"
-            rows.append((name, runs))
-            print(f"{name}: done ({args.seeds} seeds)")
-    return rows, teacher, result["evaluation"]["student"]
+def distillation_study(args, write):
+    """One distillation run per student, supervision and seed;
+    `write(rows, evaluation, teacher values)` after each seed."""
+    variants = [(s, v) for s in args.students for v in args.supervisions]
+    state = {}
+
+    def run(index, seed):
+        student, supervision = variants[index]
+        output = os.path.join(args.output, f"{student}_{supervision}_seed{seed}")
+        result = finished_result(output, args.steps)
+        if result is None:
+            result = distill.main(distill_flags(student, supervision, seed, args, output))
+        teacher = score_values(result["evaluation"]["teacher"])
+        teacher["image-tower params"] = result["train"]["vision_parameters"]["teacher"]
+        state.update(evaluation=result["evaluation"]["student"], teacher=teacher)
+        return distillation_values(result, teacher)
+
+    names = [f"{s} student, {SUPERVISION_NAMES[v]}" for s, v in variants]
+    return seed_by_seed(
+        names, args.seeds, run, lambda rows: write(rows, state["evaluation"], state["teacher"])
+    )
 
 
 def main(argv=None):
     args = parse_args(argv)
     command = "python recipes/ablate.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    fixed_rows, notes = (), ""
-    if args.study == "distillation":
-        rows, teacher, evaluation = distillation_study(args)
-        fixed_rows = [(f"teacher ({args.teacher}, frozen)", teacher)]
-    elif args.study == "patch-loss":
-        variants = patch_loss_variants(args)
-        rows, evaluation = pretraining_study([(n, v) for n, _, v in variants], args)
-        notes = "\n" + paired_differences(rows)
-    else:
-        rows, evaluation = pretraining_study(VARIANTS, args)
-    table = markdown_table(rows, floors_of(evaluation), command.strip(), fixed_rows) + notes
     os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "ablation.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(args.output, "ablation.json"), "w") as f:
-        json.dump({name: runs for name, runs in rows}, f, indent=2)
-    print(table)
-    return rows
+
+    def write(rows, evaluation, teacher=None):
+        fixed_rows = [(f"teacher ({args.teacher}, frozen)", teacher)] if teacher else ()
+        table = markdown_table(rows, floors_of(evaluation), command.strip(), fixed_rows)
+        if args.study == "patch-loss":
+            table += "\n" + paired_differences(rows)
+        with open(os.path.join(args.output, "ablation.md"), "w") as f:
+            f.write(table)
+        with open(os.path.join(args.output, "ablation.json"), "w") as f:
+            json.dump({name: runs for name, runs in rows}, f, indent=2)
+        print(table)
+
+    if args.study == "distillation":
+        return distillation_study(args, write)
+    if args.study == "patch-loss":
+        variants = [(name, variant) for name, _, variant in patch_loss_variants(args)]
+        return pretraining_study(variants, args, write)
+    return pretraining_study(VARIANTS, args, write)
 
 
 if __name__ == "__main__":

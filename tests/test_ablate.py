@@ -81,3 +81,31 @@ def test_paired_differences_compare_each_variant_with_ibot_of_its_weight_and_see
     assert "iBOT++, weight 2 − iBOT (same seeds): mIoU colour +15.0 ± 7.1" in text
     assert "mIoU shape +0.0 ± 0.0" in text
     assert text.count("\n") == 1
+
+
+def test_runs_go_seed_by_seed_and_the_table_is_rewritten_after_each_seed():
+    calls, written = [], []
+
+    def run(index, seed):
+        calls.append((index, seed))
+        return {"mIoU colour": index + seed}
+
+    rows = ablate.seed_by_seed(["a", "b"], 2, run, lambda rows: written.append(rows))
+    assert calls == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert [len(r[0][1]) for r in written] == [1, 2]
+    assert rows == [("a", [{"mIoU colour": 0}, {"mIoU colour": 1}]),
+                    ("b", [{"mIoU colour": 1}, {"mIoU colour": 2}])]  # fmt: skip
+
+
+def test_a_finished_and_scored_run_is_read_not_repeated(tmp_path):
+    import json
+
+    assert ablate.finished_result(str(tmp_path), 100) is None
+    result = {"train": {"steps": 100}, "evaluation": None}
+    (tmp_path / "results.json").write_text(json.dumps(result))
+    assert ablate.finished_result(str(tmp_path), 100) is None  # trained, not scored
+    result["evaluation"] = {"segmentation": {}}
+    (tmp_path / "results.json").write_text(json.dumps(result))
+    assert ablate.finished_result(str(tmp_path), 100) == result
+    assert ablate.finished_result(str(tmp_path), None) == result
+    assert ablate.finished_result(str(tmp_path), 200) is None  # another schedule
