@@ -163,8 +163,9 @@ def patch_loss_variants(args):
     for weight in args.patch_weights:
         common = dict(ema="head", caption_sampling="multi")
         weight_set = [f"pretrainer.patch_weight={weight:g}"]
-        variants.append((f"iBOT, weight {weight:g}", weight, dict(common, patch_loss="ibot", set=weight_set)))
-        variants.append((f"iBOT++, weight {weight:g}", weight, dict(common, patch_loss="ibot++", set=weight_set)))
+        for label, loss in (("iBOT", "ibot"), ("iBOT++", "ibot++")):
+            variant = dict(common, patch_loss=loss, set=weight_set)
+            variants.append((f"{label}, weight {weight:g}", weight, variant))
         if args.visible_weight is not None:
             separate = weight_set + [f"pretrainer.patch_visible_weight={args.visible_weight:g}"]
             name = f"iBOT++ masked + {args.visible_weight:g} x visible, weight {weight:g}"
