@@ -21,7 +21,8 @@ randomly initialised student distilled from a frozen teacher (the shipped
 width, the patch loss on every token of the unmasked image (the TIPSv2
 recipe) against masked-only supervision (75 % of the student's patches
 masked, iBOT-style) and, with `--supervisions ... visible`, visible-only
-supervision of the same masked images. The teacher is scored on the same
+supervision of the same masked images, and with "none" a control without
+the patch loss (CLS and contrastive losses only). The teacher is scored on the same
 held-out images; the table says by how much each student beats it.
 
 patch-loss: iBOT against iBOT++ in TIPSv2 pretraining (head-only EMA,
@@ -64,16 +65,19 @@ VARIANTS = (
     ("+ multi-granularity captions", dict(patch_loss="ibot++", ema="full", caption_sampling="multi")),
     ("+ head-only EMA (TIPSv2)", dict(patch_loss="ibot++", ema="head", caption_sampling="multi")),
 )
-# Distillation supervision: (student mask ratio, patch tokens trained).
+# Distillation supervision: (student mask ratio, patch tokens trained,
+# patch loss weight). "none" is the control: CLS and contrastive losses only.
 SUPERVISIONS = {
-    "all": (0.0, "all"),
-    "masked": (0.75, "masked"),
-    "visible": (0.75, "visible"),
+    "all": (0.0, "all", 2.0),
+    "masked": (0.75, "masked", 2.0),
+    "visible": (0.75, "visible", 2.0),
+    "none": (0.0, "all", 0.0),
 }
 SUPERVISION_NAMES = {
     "all": "all tokens, no masking",
     "masked": "masked tokens only (mask 0.75)",
     "visible": "visible tokens only (mask 0.75)",
+    "none": "no patch loss (control)",
 }
 VOCABULARIES = ("colour", "shape", "colour_shape")
 
@@ -143,10 +147,11 @@ def teacher_preset(teacher):
 
 def distill_flags(student, supervision, seed, args, output):
     """distill.py flags of one distillation run."""
-    mask_ratio, tokens = SUPERVISIONS[supervision]
+    mask_ratio, tokens, weight = SUPERVISIONS[supervision]
     flags = [
         "--teacher", teacher_preset(args.teacher), "--student-config", student,
-        "--mask-ratio", str(mask_ratio), "--patch-supervision", tokens, "--seed", str(seed),
+        "--mask-ratio", str(mask_ratio), "--patch-supervision", tokens,
+        "--patch-weight", str(weight), "--seed", str(seed),
         "--output", output, "--eval-images", str(args.eval_images), "--verbose", "0",
     ]  # fmt: skip
     if args.quick:

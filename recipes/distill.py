@@ -107,6 +107,8 @@ def parse_args(argv=None):
     parser.add_argument("--mask-ratio", type=float, default=0.0)
     parser.add_argument("--patch-supervision", choices=list(PATCH_SUPERVISIONS), default="all",
                         help="student patch tokens the patch loss trains; 'masked' / 'visible' need --mask-ratio > 0")
+    parser.add_argument("--patch-weight", type=float, default=2.0,
+                        help="weight of the patch loss (the recipe's 2; 0 distils the CLS tokens only, a control)")
     parser.add_argument("--caption-sampling", choices=["multi", "alt_text_only"], default="multi")
     parser.add_argument("--image-size", type=int, help="student resolution (default: the teacher preset's converter size, else 224)")
     parser.add_argument("--teacher-image-size", type=int, help="teacher resolution (default: the student's)")
@@ -219,6 +221,7 @@ def build_distiller(args, config, teacher, student, text_tower, plan):
         feature_loss=args.feature_loss,
         mask_ratio=args.mask_ratio,
         patch_supervision=args.patch_supervision,
+        patch_weight=args.patch_weight,
         caption_sampling=args.caption_sampling,
         teacher_image_size=args.teacher_image_size,
         seed=args.seed,
@@ -328,6 +331,8 @@ def held_out_report(evaluation, info):
     from keras_tipsv2.shapes.benchmark import markdown_comparison
 
     supervision = f"{info['patch_supervision']} patch tokens supervised"
+    if not info["patch_weight"]:
+        supervision = "no patch loss"
     if info["mask_ratio"]:
         supervision += f", {info['mask_ratio']:g} of the student's patches masked"
     return markdown_comparison(
@@ -392,6 +397,7 @@ def main(argv=None):
         "text_tower": text_tower,
         "mask_ratio": args.mask_ratio,
         "patch_supervision": args.patch_supervision,
+        "patch_weight": args.patch_weight,
         "backend": keras.backend.backend(),
         "steps": total,
         "batch_size": config["batch_size"],

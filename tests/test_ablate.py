@@ -35,13 +35,18 @@ def test_patch_loss_study_sweeps_the_weight_for_each_loss_form():
 
 
 @pytest.mark.parametrize(
-    "supervision, mask_ratio", [("all", 0.0), ("masked", 0.75), ("visible", 0.75)]
-)
-def test_distillation_study_masks_the_student_only_for_token_subsets(supervision, mask_ratio):
+    "supervision, mask_ratio, tokens, weight",
+    [("all", 0.0, "all", 2.0), ("masked", 0.75, "masked", 2.0),
+     ("visible", 0.75, "visible", 2.0), ("none", 0.0, "all", 0.0)],
+)  # fmt: skip
+def test_distillation_study_masks_the_student_only_for_token_subsets(
+    supervision, mask_ratio, tokens, weight
+):
     args = ablate.parse_args(["--study", "distillation", "--steps", "7", "--teacher", "T"])
     flags = ablate.distill_flags("half-width", supervision, 2, args, "out")
     parsed = distill.parse_args(flags)
-    assert parsed.mask_ratio == mask_ratio and parsed.patch_supervision == supervision
+    assert parsed.mask_ratio == mask_ratio and parsed.patch_supervision == tokens
+    assert parsed.patch_weight == weight
     assert parsed.student_config == "half-width" and parsed.seed == 2 and parsed.steps == 7
     assert parsed.teacher == "T"
 
