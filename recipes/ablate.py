@@ -17,13 +17,15 @@ Table 4), each run `recipes/pretrain.py` (tiny config) at equal compute:
 distillation: the paper's motivating finding (its Tables 1 and 2), a
 randomly initialised student distilled from a frozen teacher (the shipped
 `tipsv2_tiny_shapes` preset, or a pretraining run's folder) with
-`recipes/distill.py`: students of the teacher's architecture and at half its
-width, the patch loss on every token of the unmasked image (the TIPSv2
-recipe) against masked-only supervision (75 % of the student's patches
-masked, iBOT-style) and, with `--supervisions ... visible`, visible-only
-supervision of the same masked images, and with "none" a control without
-the patch loss (CLS and contrastive losses only). The teacher is scored on the same
-held-out images; the table says by how much each student beats it.
+`recipes/distill.py`, students of the teacher's architecture and at half its
+width. `--supervisions` picks among: "all", the patch loss on every token of
+the unmasked image (the TIPSv2 recipe); "masked", 75 % of the student's
+patches masked and only those supervised (iBOT-style); "visible", the same
+masked images with only the visible tokens supervised; "all-mask", every
+token of the same masked images (masking then changes the student's input
+for every loss, not which tokens are supervised); "none", a control without
+the patch loss (CLS and contrastive losses only). The teacher is scored on
+the same held-out images; the table says by how much each student beats it.
 
 patch-loss: iBOT against iBOT++ in TIPSv2 pretraining (head-only EMA,
 multi-granularity captions), with the patch loss weight swept: iBOT (masked
@@ -71,12 +73,14 @@ SUPERVISIONS = {
     "all": (0.0, "all", 2.0),
     "masked": (0.75, "masked", 2.0),
     "visible": (0.75, "visible", 2.0),
+    "all-mask": (0.75, "all", 2.0),
     "none": (0.0, "all", 0.0),
 }
 SUPERVISION_NAMES = {
     "all": "all tokens, no masking",
     "masked": "masked tokens only (mask 0.75)",
     "visible": "visible tokens only (mask 0.75)",
+    "all-mask": "all tokens (mask 0.75)",
     "none": "no patch loss (control)",
 }
 VOCABULARIES = ("colour", "shape", "colour_shape")

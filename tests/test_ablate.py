@@ -37,7 +37,8 @@ def test_patch_loss_study_sweeps_the_weight_for_each_loss_form():
 @pytest.mark.parametrize(
     "supervision, mask_ratio, tokens, weight",
     [("all", 0.0, "all", 2.0), ("masked", 0.75, "masked", 2.0),
-     ("visible", 0.75, "visible", 2.0), ("none", 0.0, "all", 0.0)],
+     ("visible", 0.75, "visible", 2.0), ("all-mask", 0.75, "all", 2.0),
+     ("none", 0.0, "all", 0.0)],
 )  # fmt: skip
 def test_distillation_study_masks_the_student_only_for_token_subsets(
     supervision, mask_ratio, tokens, weight
