@@ -51,6 +51,7 @@ repeating them.
 import argparse
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -307,6 +308,13 @@ def seed_by_seed(names, seeds, run, write):
     return [(name, runs[name]) for name in names]
 
 
+def run_folder(name, seed):
+    """A run's folder, named after its variant: a study given more variants
+    later (another weight, `--visible-weight`) reads each finished run under
+    the variant that made it, whatever its place in the list."""
+    return re.sub(r"[^a-z0-9.+]+", "_", name.lower()).strip("_") + f"_seed{seed}"
+
+
 def pretraining_study(variants, args, write):
     """One pretraining run per variant and seed, every run with the first
     run's step count; `write(rows, evaluation)` after each seed."""
@@ -314,7 +322,7 @@ def pretraining_study(variants, args, write):
 
     def run(index, seed):
         name, variant = variants[index]
-        output = os.path.join(args.output, f"variant{index}_seed{seed}")
+        output = os.path.join(args.output, run_folder(name, seed))
         result = finished_result(output, state["steps"])
         if result is None:
             flags = run_flags(variant, seed, args, state["steps"], output)

@@ -115,3 +115,16 @@ def test_a_finished_and_scored_run_is_read_not_repeated(tmp_path):
     assert ablate.finished_result(str(tmp_path), 100) == result
     assert ablate.finished_result(str(tmp_path), None) == result
     assert ablate.finished_result(str(tmp_path), 200) is None  # another schedule
+
+
+def test_run_folders_are_named_after_their_variant_not_its_place():
+    args = ablate.parse_args(["--study", "patch-loss", "--patch-weights", "0.2", "2"])
+    folders = [ablate.run_folder(n, 1) for n, _, _ in ablate.patch_loss_variants(args)]
+    assert folders == ["ibot_weight_0.2_seed1", "ibot++_weight_0.2_seed1",
+                       "ibot_weight_2_seed1", "ibot++_weight_2_seed1"]  # fmt: skip
+    args = ablate.parse_args(
+        ["--study", "patch-loss", "--patch-weights", "0.2", "2", "--visible-weight", "1"]
+    )
+    wider = [ablate.run_folder(n, 1) for n, _, _ in ablate.patch_loss_variants(args)]
+    assert set(folders) < set(wider) and len(set(wider)) == 6
+    assert ablate.run_folder("+ head-only EMA (TIPSv2)", 0) == "+_head_only_ema_tipsv2_seed0"
