@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 # === Shapes ===
-# B/14: the TIPSv2-B/14 image and text towers (tips_reference.md).
+# B/14: the TIPSv2-B/14 image and text towers.
 B14 = dict(hidden=768, layers=12, heads=12, mlp=3072, vocab=32000, seq=64, patch=14)
 # Tiny: what `--quick` runs, so every script can be smoke-tested in seconds.
 TINY = dict(hidden=64, layers=2, heads=4, mlp=128, vocab=128, seq=16, patch=14)

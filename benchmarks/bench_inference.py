@@ -26,7 +26,8 @@ import _common as c  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from keras_tipsv2.layers.fused_dense import FusedBiasDense  # noqa: E402
+from keras_tipsv2 import kernels  # noqa: E402
+from keras_tipsv2.kernels import policy  # noqa: E402
 
 BACKEND = keras.config.backend()
 
@@ -98,6 +99,32 @@ def interleaved_rows(name, fns, repeats, **fields):
     return [_row(name, impl, timing, **fields) for impl, timing in timings.items()]
 
 
+def kernel_variants(args, call):
+    """{label suffix: fn} timing `call` as the kernel policy chose, and, as
+    asked, with every kernel off and with each active kernel off alone; the
+    compiled functions are cached per kernel state, so each variant keeps
+    its own."""
+
+    def without(names):
+        def run():
+            kernels.set_enabled(False, names)
+            try:
+                return call()
+            finally:
+                kernels.set_enabled(True)
+
+        return run
+
+    variants = {"": call}
+    active = list(policy.state())
+    if active and not args.skip_kernels_off:
+        variants[" (kernels off)"] = without(None)
+    if args.kernel_ablation and len(active) > 1:
+        for name in active:
+            variants[f" (without {name})"] = without([name])
+    return variants
+
+
 def image_rows(args, shape, hf, size, dtype):
     batch = args.batch
     rng = np.random.default_rng(0)
@@ -107,30 +134,16 @@ def image_rows(args, shape, hf, size, dtype):
     fields = dict(size=size, dtype=dtype, batch=batch, flops=c.image_tower_flops(shape, size, size, batch))
     ours = c.backbone_from(hf, dtype=dtype)
     x = keras.ops.convert_to_tensor(images, dtype=dtype)
-    tower = compiled(ours.vision_encoder, args.torch_compile, args.tf_xla)
+    encode = lambda: c.to_numpy_tree(inference(ours.encode_images, images))  # noqa: E731
     fns = {
-        "keras_tipsv2 compiled": lambda: c.to_numpy_tree(tower(x)),
-        "keras_tipsv2 encode_images": lambda: c.to_numpy_tree(inference(ours.encode_images, images)),
+        f"keras_tipsv2 encode_images{label}": fn
+        for label, fn in kernel_variants(args, encode).items()
     }
     if BACKEND == "torch" and args.torch_grad_rows:
         # What the same call costs when autograd records it (no no_grad).
         fns["keras_tipsv2 encode_images (grad)"] = lambda: c.to_numpy_tree(ours.encode_images(images))
-    if BACKEND == "torch" and args.torch_unfused_rows:
-        # The same call with every FusedBiasDense on Keras's matmul + add.
-        unfused = c.backbone_from(hf, dtype=dtype)
-        for layer in unfused._flatten_layers():
-            if isinstance(layer, FusedBiasDense):
-                layer._fuses_bias = lambda: False
-        fns["keras_tipsv2 encode_images (Keras Dense)"] = lambda: c.to_numpy_tree(inference(unfused.encode_images, images))
-    for implementation in args.attention:
-        # The same call with the image tower's attention chosen by hand
-        # (`vision_attention_implementation`), against "auto" above.
-        chosen = c.backbone_from(hf, dtype=dtype, vision_attention_implementation=implementation)
-        fns[f"keras_tipsv2 encode_images (attention={implementation})"] = (
-            lambda chosen=chosen: c.to_numpy_tree(inference(chosen.encode_images, images))
-        )
     if not args.skip_dinov2:
-        dino = compiled(c.dinov2_backbone(shape, size, dtype=dtype), args.torch_compile, args.tf_xla)
+        dino = compiled(c.dinov2_backbone(shape, size, dtype=dtype), args.torch_compile, not args.tf_graph)
         fns["kerashub DINOV2 compiled"] = lambda: c.to_numpy_tree(dino(x))
     hf_model = hf.to(torch_dtype)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(torch_dtype)
@@ -154,8 +167,6 @@ def text_rows(args, shape, hf, dtype):
     fields = dict(size=length, dtype=dtype, batch=batch, flops=c.text_tower_flops(shape, batch, length))
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     ours = c.backbone_from(hf, dtype=dtype)
-    tids, tmask = keras.ops.convert_to_tensor(ids), keras.ops.convert_to_tensor(mask)
-    tower = compiled(ours.text_encoder, args.torch_compile, args.tf_xla)
     hf_model = hf.to(torch_dtype)
     t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask)
 
@@ -163,11 +174,12 @@ def text_rows(args, shape, hf, dtype):
         with torch.no_grad():
             return hf_model.text_model(input_ids=t_ids, attention_mask=t_mask).pooler_output.float().numpy()
 
+    encode = lambda: c.to_numpy_tree(inference(ours.encode_text, ids, mask))  # noqa: E731
     fns = {
-        "keras_tipsv2 compiled": lambda: c.to_numpy_tree(tower(tids, tmask)),
-        "keras_tipsv2 encode_text": lambda: c.to_numpy_tree(inference(ours.encode_text, ids, mask)),
-        "transformers Tipsv2Model": hf_text,
+        f"keras_tipsv2 encode_text{label}": fn
+        for label, fn in kernel_variants(args, encode).items()
     }
+    fns["transformers Tipsv2Model"] = hf_text
     rows = interleaved_rows("text", fns, args.repeats, **fields)
     hf.to(torch.float32)
     return rows
@@ -246,14 +258,10 @@ def main():
     parser.add_argument("--skip-dinov2", action="store_true")
     parser.add_argument("--skip-public", action="store_true", help="skip predict and segmentation")
     parser.add_argument("--torch-compile", action="store_true", help="torch backend: torch.compile the towers")
-    parser.add_argument("--tf-xla", action="store_true", help="tensorflow backend: jit_compile=True")
-    parser.add_argument("--torch-unfused-rows", action="store_true", help="torch backend: also time encode_images with Keras's Dense (bias added after the matmul)")
+    parser.add_argument("--tf-graph", action="store_true", help="tensorflow backend: DINOv2 as a plain graph instead of under XLA (jit_compile, as encode_images runs)")
+    parser.add_argument("--skip-kernels-off", action="store_true", help="skip the rows with keras_tipsv2.kernels switched off")
+    parser.add_argument("--kernel-ablation", action="store_true", help="also time each active kernel switched off alone")
     parser.add_argument("--torch-grad-rows", action="store_true", help="torch backend: also time encode_images with autograd recording")
-    parser.add_argument(
-        "--attention", nargs="+", default=[], choices=["backend", "explicit", "per_head"],
-        help="also time encode_images with the image tower's attention set to each of these "
-        "(vision_attention_implementation; the default rows are 'auto')",
-    )
     parser.add_argument("--json", help="write rows and machine info here")
     args = parser.parse_args()
     shape = c.B14
@@ -265,6 +273,7 @@ def main():
     torch.set_num_threads(os.cpu_count())
     info = c.machine()
     print(f"backend={BACKEND} cpus={info['cpus']} load={info.get('load_average')}", flush=True)
+    print(kernels.describe(), flush=True)
     matmul = c.matmul_rates(256 if args.quick else 2048)
     print("best float32 matmul GFLOP/s:", {k: round(v) for k, v in matmul.items()}, flush=True)
     hf = c.hf_model(shape)

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as c  # noqa: E402
 
-# Head shapes: the recipe's for B/14 (training_recipe.md), a small one for tiny.
+# Head shapes: those of recipes/pretrain.py's b14 config, a small one for tiny.
 HEADS = {
     "tiny": dict(head_hidden_dim=64, head_bottleneck_dim=32, num_prototypes=256),
     "b14": dict(head_hidden_dim=2048, head_bottleneck_dim=256, num_prototypes=32768),

@@ -22,7 +22,7 @@ nothing, which is enough to watch the machinery work; a pretrained teacher
 TIPSv2 starts from a surprise: a ViT-L *distilled* from a ViT-g teacher
 beats its teacher at patch-text alignment (zero-shot segmentation on ADE150:
 2.6 mIoU for the teacher, 20.8 for the student). The ablation behind it
-(training_recipe.md §2.1): a randomly initialised student, no masking, and
+(the TIPSv2 paper): a randomly initialised student, no masking, and
 a loss on **every** patch token. The released B, L and So400m models are
 distilled that way.
 
@@ -61,10 +61,11 @@ from keras_tipsv2.shapes.world import class_names
 from keras_tipsv2.shapes.tokenizer import train_shapes_tokenizer
 from keras_tipsv2.evaluation.miou import confusion_matrix
 from keras_tipsv2.evaluation.miou import mean_iou
+from keras_tipsv2.convert.preset import write_preset
+from keras_tipsv2.data import tf_data_tokenizer
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
-from keras_tipsv2.training import recipe_utils
 from keras_tipsv2.training.distiller import TIPSv2Distiller
 
 parser = argparse.ArgumentParser()
@@ -86,7 +87,7 @@ it (a few seconds); with a preset we use the preset's tokenizer.
 world = ShapesWorld(image_size=args.image_size, split="train")
 if args.teacher:
     teacher = TIPSv2Backbone.from_preset(args.teacher)
-    proto = recipe_utils.preset_tokenizer_proto(args.teacher)
+    proto = TIPSv2Tokenizer.from_preset(args.teacher).proto  # the vocabulary file's path
 else:
     proto = train_shapes_tokenizer(world, num_samples=300, vocab_size=200)
     teacher = TIPSv2Backbone(
@@ -139,7 +140,7 @@ sampled caption, tokenised. ShapesWorld's captions name colours and
 left / right, so flips and colour jitter are off.
 """
 
-tokenizer = recipe_utils.tf_data_tokenizer(proto, teacher.text_max_sequence_length)
+tokenizer = tf_data_tokenizer(proto, teacher.text_max_sequence_length)
 data = make_pretraining_dataset(
     shapes_examples(world, num_samples=512).cache(),
     tokenizer,
@@ -196,12 +197,13 @@ print(f"patch cosine: {before:.3f} before, {after:.3f} after {args.steps} steps"
 
 `student_backbone()` returns a standalone `TIPSv2Backbone`: with
 `text_tower="teacher"` the student's image tower next to the teacher's text
-tower (the pair the contrastive loss aligned). `export_preset` writes it
+tower (the pair the contrastive loss aligned). `write_preset` writes it
 with the tokenizer and an image converter at the training resolution.
 """
 
-preset = recipe_utils.export_preset(
-    distiller.student_backbone(), os.path.join(args.out_dir, "preset"), proto, args.image_size
+preset = write_preset(
+    distiller.student_backbone(), os.path.join(args.out_dir, "preset"), proto, args.image_size,
+    overwrite=True,
 )
 print("Student preset:", preset)
 

@@ -18,7 +18,7 @@ which adds schedules, logs, checkpoints and step-exact resume.
 
 TIPSv2 learns from images with captions of several granularities: a terse,
 noisy *alt-text* and richer synthetic captions. Its loss has three parts
-(training_recipe.md §7): a dual image-text contrastive loss (CLS_1 <->
+(the TIPS and TIPSv2 papers): a dual image-text contrastive loss (CLS_1 <->
 alt-text, CLS_2 <-> a caption sampled per example), DINO on CLS_1 and
 iBOT++ on every patch token of a masked view, with targets from an EMA copy
 of the projection head only.
@@ -41,8 +41,8 @@ from keras_tipsv2.shapes import write_manifest  # noqa: E402
 from keras_tipsv2.shapes.tokenizer import train_shapes_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.training import TIPSv2Pretrainer  # noqa: E402
-from keras_tipsv2.training.recipe_utils import export_preset  # noqa: E402
-from keras_tipsv2.training.recipe_utils import tf_data_tokenizer  # noqa: E402
+from keras_tipsv2.convert.preset import write_preset  # noqa: E402
+from keras_tipsv2.data import tf_data_tokenizer  # noqa: E402
 
 keras.utils.set_random_seed(0)
 workdir = tempfile.mkdtemp(prefix="tipsv2-guide-")
@@ -142,7 +142,7 @@ Only the backbone (with tokenizer and image converter) goes into the preset:
 the heads are training machinery. The preset loads like any KerasHub one.
 """
 
-preset = export_preset(pretrainer.backbone, os.path.join(workdir, "preset"), proto, image_size=64)
+preset = write_preset(pretrainer.backbone, os.path.join(workdir, "preset"), proto, image_size=64)
 reloaded = TIPSv2Backbone.from_preset(preset)
 print("preset:", preset, "| patch tokens:", reloaded.encode_images(keras.ops.ones((1, 64, 64, 3)))["patch_tokens"].shape)
 

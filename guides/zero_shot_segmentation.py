@@ -19,7 +19,7 @@ to seconds on a CPU.
 TIPSv2 trains its patch tokens to line up with text. That makes zero-shot
 segmentation a matter of geometry: embed a prompt per class, embed every
 14 x 14 patch, and give each pixel the class whose prompt is nearest. The
-official recipe (tips_reference.md §4.1) adds three details that matter:
+official recipe (google-deepmind/tips, `pytorch/TIPS_zeroshot_segmentation.ipynb`) adds three details that matter:
 
 1. **Prompt ensembling** - each class name is filled into 9 "TCL" templates
    ("itap of a {}.", "a photo of many {}.", ...), the 9 text embeddings are

@@ -9,12 +9,11 @@ legend of the classes found.
 """
 
 import argparse
-
-import numpy as np
-from PIL import Image
+import sys
 
 from keras_tipsv2.evaluation.pca import pca_image
 from keras_tipsv2.evaluation.pictures import segmentation_picture
+from keras_tipsv2.models.tipsv2_images import read_image_file
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
 
 
@@ -45,8 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    with Image.open(args.image) as image:
-        image = np.asarray(image.convert("RGB"))
+    image = read_image_file(args.image)
     if args.segment:
         names = [n.strip() for n in args.segment.split(",") if n.strip()]
         if not names:
@@ -69,4 +67,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))

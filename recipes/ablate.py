@@ -386,4 +386,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))

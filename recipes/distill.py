@@ -14,8 +14,9 @@ training resolution) in OUTPUT/preset.
     python recipes/distill.py --teacher PRESET --student-init tipsv2_b14    # pretrained init instead
 
 Data sources, logging (progress bar, CSV, TensorBoard), checkpoints and
-step-exact resume are the pretraining recipe's (`recipe_utils`): kill the
-run and start the same command again to resume.
+step-exact resume are the pretraining recipe's (`common.py` beside this
+script, `keras_tipsv2.training.resumable_fit`): kill the run and start the
+same command again to resume; a folder made with other flags is refused.
 
 Student variants (`STUDENT_VARIANTS`) fix the towers' shapes, or take the
 teacher's architecture ("teacher") or the teacher's at half its width
@@ -44,23 +45,25 @@ results.json).
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
 import keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# common.py beside this script, also when it is imported from elsewhere.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
 from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
+from keras_tipsv2.data import tf_data_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
-from keras_tipsv2.training import recipe_utils  # noqa: E402
+from keras_tipsv2.training import resumable_fit  # noqa: E402
 from keras_tipsv2.training.distiller import PATCH_SUPERVISIONS  # noqa: E402
 from keras_tipsv2.training.distiller import TIPSv2Distiller  # noqa: E402
+from keras_tipsv2.utils import atomic_files  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
+import common  # noqa: E402  (recipes/common.py, beside this script)
 import pretrain  # noqa: E402  (the tiny config's ShapesWorld)
 
 # Tower shapes: (width, depth, heads, MLP width, text depth).
@@ -117,16 +120,17 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
-    parser.add_argument("--output", default="runs/distill", help="run folder")
+    parser.add_argument("--output", default=None,
+                        help="run folder (default runs/distill, runs/distill_quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder's checkpoint and start over")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 1/2 epoch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
     parser.add_argument("--eval-images", type=int, default=200, help="held-out ShapesWorld images to score")
     parser.add_argument("--no-eval", action="store_true", help="skip the ShapesWorld report")
-    recipe_utils.add_data_arguments(parser)
+    common.add_data_arguments(parser)
     args = parser.parse_args(argv)
-    recipe_utils.check_data_arguments(parser, args)
+    common.check_data_arguments(parser, args)
     if args.patch_supervision != "all" and args.mask_ratio <= 0:
         parser.error(f"--patch-supervision {args.patch_supervision} needs --mask-ratio > 0")
     return args
@@ -166,7 +170,7 @@ def student_backbone(args, teacher, proto):
         vision_num_heads=heads,
         vision_intermediate_dim=mlp,
         vision_position_grid=teacher.vision_position_grid,
-        text_vocabulary_size=max(teacher.text_vocabulary_size, recipe_utils.proto_vocabulary_size(proto)),
+        text_vocabulary_size=max(teacher.text_vocabulary_size, common.proto_vocabulary_size(proto)),
         text_hidden_dim=width,
         text_num_layers=text_depth,
         text_num_heads=heads,
@@ -181,7 +185,7 @@ def teacher_shaped_student(teacher, proto, half_width):
     config = teacher.get_config()
     config.pop("name", None)
     config["text_vocabulary_size"] = max(
-        teacher.text_vocabulary_size, recipe_utils.proto_vocabulary_size(proto)
+        teacher.text_vocabulary_size, common.proto_vocabulary_size(proto)
     )
     if half_width:
         for tower in ("vision", "text"):
@@ -261,9 +265,9 @@ def training_image_size(args, teacher):
 
 def teacher_tokenizer_proto(args):
     if args.tokenizer:
-        return recipe_utils.read_bytes(args.tokenizer)
+        return common.read_bytes(args.tokenizer)
     try:
-        return recipe_utils.preset_tokenizer_proto(args.teacher)
+        return common.preset_tokenizer_proto(args.teacher)
     except Exception as error:
         raise SystemExit(
             f"The teacher preset {args.teacher!r} has no readable tokenizer "
@@ -271,9 +275,9 @@ def teacher_tokenizer_proto(args):
         ) from error
 
 
-def epoch_datasets(args, source, tokenizer, config, image_size):
+def epoch_datasets(args, source, tokenizer, config, image_size, skip_counter=None):
     """`epoch -> dataset`: the batches of epoch e depend only on (seed, e)."""
-    shapes = recipe_utils.uses_shapes(args)
+    shapes = common.uses_shapes(args)
 
     def epoch_dataset(epoch):
         return make_pretraining_dataset(
@@ -282,13 +286,14 @@ def epoch_datasets(args, source, tokenizer, config, image_size):
             batch_size=config["batch_size"],
             image_size=image_size,
             caption_mode=args.caption_sampling,
-            seed=recipe_utils.epoch_seed(args.seed, epoch),
+            seed=resumable_fit.epoch_seed(args.seed, epoch),
             crop_scale=(0.6, 1.0),
             # ShapesWorld's captions name colours and left / right.
             horizontal_flip=not shapes,
             colour_jitter=not shapes,
             repeat=True,
             shuffle_buffer=4096,
+            skip_counter=skip_counter,
         )
 
     return epoch_dataset
@@ -352,43 +357,47 @@ def held_out_report(evaluation, info):
 
 def main(argv=None):
     args = parse_args(argv)
-    backup_dir = os.path.join(args.output, "checkpoint")
-    if args.fresh and os.path.exists(backup_dir):
-        shutil.rmtree(backup_dir)
+    output = args.output or common.default_output("distill", args.quick)
+    backup_dir = common.start_run_folder(output, args.fresh)
     proto = teacher_tokenizer_proto(args)
     keras.utils.set_random_seed(args.seed)
     teacher = TIPSv2Backbone.from_preset(args.teacher)
     student = student_backbone(args, teacher, proto)
+    # The schedule depends on the student's width: the models come first.
     config = run_config(args, student.vision_hidden_dim)
-    plan = recipe_utils.load_or_save_plan(
-        backup_dir,
-        lambda: {"steps_per_epoch": config["steps_per_epoch"], "epochs": config["epochs"]},
-    )
+    settings = common.run_settings(args, config)
+    with common.refusing_other_runs(output):
+        plan = resumable_fit.stored_plan(backup_dir, settings)
+    if plan is None:
+        schedule = {"steps_per_epoch": config["steps_per_epoch"], "epochs": config["epochs"]}
+        plan = resumable_fit.save_plan(backup_dir, schedule, settings)
     text_tower = chosen_text_tower(args, teacher, student)
     model = build_distiller(args, config, teacher, student, text_tower, plan)
     image_size = training_image_size(args, teacher)
     # After the last reseed: tf.random.set_seed frees the tokenizer's op.
-    tokenizer = recipe_utils.tf_data_tokenizer(proto, teacher.text_max_sequence_length)
+    tokenizer = tf_data_tokenizer(proto, teacher.text_max_sequence_length)
     world = pretrain.shapes_world(shapes_config(image_size), "train", seed=args.seed)
-    source = recipe_utils.raw_source(args, world, config["train_samples"])
+    source = common.raw_source(args, world, config["train_samples"])
+    skips = common.skip_counter()
     total = plan["epochs"] * plan["steps_per_epoch"]
-    print(f"Distilling {total} steps at {image_size} px into {args.output}")
+    print(f"Distilling {total} steps at {image_size} px into {output}")
     start_time = time.perf_counter()
-    result = recipe_utils.fit_resumable(
-        model,
-        epoch_datasets(args, source, tokenizer, config, image_size),
-        epochs=plan["epochs"],
-        steps_per_epoch=plan["steps_per_epoch"],
-        backup_dir=backup_dir,
-        save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
-        callbacks=recipe_utils.logging_callbacks(args.output),
-        verbose=args.verbose,
-    )
+    with common.refusing_other_runs(output), common.data_errors(skips):
+        result = resumable_fit.fit_resumable(
+            model,
+            epoch_datasets(args, source, tokenizer, config, image_size, skips),
+            epochs=plan["epochs"],
+            steps_per_epoch=plan["steps_per_epoch"],
+            backup_dir=backup_dir,
+            save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
+            callbacks=common.logging_callbacks(output) + [common.SkipReport(skips)],
+            verbose=args.verbose,
+        )
     seconds = time.perf_counter() - start_time
     trained = result["end_step"] - result["start_step"]
     distilled = model.student_backbone()
-    preset = recipe_utils.export_preset(
-        distilled, os.path.join(args.output, "preset"), proto, image_size
+    preset = common.export_preset(
+        distilled, os.path.join(output, "preset"), proto, image_size
     )
     info = {
         "teacher": args.teacher,
@@ -405,25 +414,26 @@ def main(argv=None):
         "start_step": result["start_step"],
         "train_seconds": seconds,
         "seconds_per_step": seconds / trained if trained else None,
-        "final_logs": recipe_utils.final_logs(result),
+        "final_logs": common.final_logs(result),
+        "skipped_examples": common.skip_totals(skips),
         "vision_parameters": {
             "student": distilled.vision_encoder.count_params(),
             "teacher": teacher.vision_encoder.count_params(),
         },
     }
     evaluation = None
-    if recipe_utils.uses_shapes(args) and not args.no_eval:
+    if common.uses_shapes(args) and not args.no_eval:
         evaluation = held_out_evaluation(args, teacher, distilled, proto, image_size)
-    with open(os.path.join(args.output, "results.json"), "w") as f:
-        json.dump({"train": info, "evaluation": evaluation}, f, indent=2)
+    common.write_results(output, {"train": info, "evaluation": evaluation})
     print(f"Student preset written to {preset}")
     if evaluation is not None:
         report = held_out_report(evaluation, info)
-        with open(os.path.join(args.output, "report.md"), "w") as f:
-            f.write(report)
+        atomic_files.write_text(os.path.join(output, "report.md"), report)
         print(report)
-    return {"output": args.output, "preset": preset, "train": info, "evaluation": evaluation}
+    return {"output": output, "preset": preset, "train": info, "evaluation": evaluation}
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))

@@ -13,7 +13,6 @@ converter).
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -26,8 +25,9 @@ from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
 from keras_tipsv2.shapes.benchmark import evaluate_on_shapes  # noqa: E402
 from keras_tipsv2.shapes.benchmark import markdown_report  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
-from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter  # noqa: E402
+from keras_tipsv2.models.tipsv2_image_converter import preset_image_size  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402
+from keras_tipsv2.utils import atomic_files  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,11 +42,6 @@ def parse_args(argv=None):
     parser.add_argument("--templates", choices=("tcl", "imagenet"), default="tcl")
     parser.add_argument("--json", help="also write the results to this file")
     return parser.parse_args(argv)
-
-
-def preset_image_size(preset):
-    converter = TIPSv2ImageConverter.from_preset(preset)
-    return int(converter.image_size[0])
 
 
 def main(argv=None):
@@ -66,10 +61,11 @@ def main(argv=None):
     results["backend"] = keras.backend.backend()
     print(markdown_report(results, title=f"{args.preset} on held-out ShapesWorld ({results['backend']})"))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_files.write_json(args.json, results)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))

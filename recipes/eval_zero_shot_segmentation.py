@@ -1,6 +1,7 @@
 """Zero-shot semantic segmentation mIoU of a TIPSv2 preset.
 
-The protocol of the official TIPS notebook (tips_reference.md §4.1): short
+The protocol of the official TIPS notebook
+(google-deepmind/tips `pytorch/TIPS_zeroshot_segmentation.ipynb`): short
 side 448, 448 / 336 sliding windows, MaskCLIP values trick, 9 TCL prompt
 templates, mIoU from a confusion matrix at annotation resolution.
 
@@ -11,6 +12,7 @@ Saved notebook output for TIPSv2 L/14 on ADE20K-150: mIoU 25.06.
 """
 
 import argparse
+import sys
 
 import keras_tipsv2  # noqa: F401  (registers the classes for from_preset)
 from keras_tipsv2.evaluation.datasets import DATASETS
@@ -82,4 +84,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))

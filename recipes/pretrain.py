@@ -4,9 +4,12 @@ With no arguments: the tiny config on ShapesWorld, about ten minutes on a
 2-core CPU, then the held-out ShapesWorld benchmark; everything lands in
 runs/pretrain_tiny (preset, report, pictures, CSV + TensorBoard logs,
 checkpoint). Kill it at any time and run the same command again: it resumes
-at the step it reached and ends with the same schedule.
+at the step it reached and ends with the weights an uninterrupted run would
+have; a folder made with other flags is refused (pass --fresh or another
+--output).
 
     python recipes/pretrain.py                          # tiny, ShapesWorld, ~10 min
+    python recipes/pretrain.py --quick                  # seconds, into runs/pretrain_tiny_quick
     python recipes/pretrain.py --steps 2000             # a fixed step count instead
     python recipes/pretrain.py --manifest data.jsonl --config b14 --output runs/b14
     python recipes/pretrain.py --coco captions.json --coco-images train2017/ --config b14
@@ -16,8 +19,7 @@ Configs are code (`CONFIGS` below): "tiny" for CPUs, "b14" and "l14" for
 accelerators (on JAX, `--data-parallel` / `--model-parallel N` spread them
 over devices with `keras.distribution`).
 
-Why the tiny config looks the way it does (issue 7's prototype and our
-runs): patch-text alignment of object identity only emerges when an object
+Why the tiny config looks the way it does (small studies on ShapesWorld): patch-text alignment of object identity only emerges when an object
 covers several patches, so 64 px images with patch 8 and objects of radius
 20-40 % of the side (1.6-3.2 patches). The world names the background in
 its short captions and alt-text (`describe_background`): otherwise the
@@ -40,7 +42,7 @@ residual: after 750 steps the gammas were still ~0.01, so the residual,
 which no loss aligns with text, outweighed the value path. So the last
 block starts at 1.0 (`vision_layer_scale_init=[1e-5, 1e-5, 1e-5, 1.0]`):
 near-identity early blocks hand it almost raw patch embeddings, and its
-full-strength value path is what the contrastive loss trains (README:
+full-strength value path is what the contrastive loss trains (benchmarks/RESULTS.md:
 colour ~6x the all-background floor on both protocols).
 The contrastive loss does most of the work in ten minutes, while DINO / iBOT++ start from
 random prototypes and pay off later, so their weights are cut to 0.1 and 0.2
@@ -57,13 +59,14 @@ machines without TensorFlow; `--set key=value` overrides any config entry.
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
 import keras
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# common.py beside this script, also when it is imported from elsewhere.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
 from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
@@ -72,9 +75,10 @@ from keras_tipsv2.shapes.tokenizer import train_shapes_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer  # noqa: E402
 from keras_tipsv2.training import TIPSv2Pretrainer  # noqa: E402
-from keras_tipsv2.training import recipe_utils  # noqa: E402
+from keras_tipsv2.training import resumable_fit  # noqa: E402
+from keras_tipsv2.utils import atomic_files  # noqa: E402
 
-DEFAULT_OUTPUT = "runs/pretrain_tiny"
+import common  # noqa: E402  (recipes/common.py, beside this script)
 
 
 def _vit(width, depth, heads, text_depth, patch, grid, vocabulary, text_length):
@@ -133,7 +137,7 @@ CONFIGS = {
         freeze_last_layer_epochs=1,
         tokenizer_vocabulary=256,
     ),
-    # ViT-B/14 (tips_reference.md: 768 wide, 12 layers; 12-layer text tower).
+    # ViT-B/14 (the released TIPSv2-B/14: 768 wide, 12 layers; 12-layer text tower).
     "b14": dict(
         backbone=_vit(768, 12, 12, 12, patch=14, grid=16, vocabulary=32000, text_length=64),
         image_size=224,
@@ -194,13 +198,14 @@ def parse_args(argv=None):
     )
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
-    parser.add_argument("--output", default=None, help=f"run folder (default {DEFAULT_OUTPUT} for tiny)")
+    parser.add_argument("--output", default=None,
+                        help="run folder (default runs/pretrain_CONFIG, runs/pretrain_CONFIG_quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the run folder's checkpoint and start over")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None,
                         help="time budget: measure a step, then plan whole epochs to fit (default 10 for tiny)")
     budget.add_argument("--steps", type=int, default=None, help="train this many steps (rounded up to whole epochs)")
-    recipe_utils.add_data_arguments(parser)
+    common.add_data_arguments(parser)
     parser.add_argument("--init-from", help="continue from a preset's backbone and tokenizer (new heads), or "
                         "from a finished run's folder (its heads too), with a new schedule")
     parser.add_argument("--image-size", type=int, help="override the config's training resolution")
@@ -226,8 +231,8 @@ def parse_args(argv=None):
                         help="JAX: shard the towers over this many devices (model axis)")
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
     args = parser.parse_args(argv)
-    recipe_utils.check_data_arguments(parser, args)
-    if args.pipeline == "python" and not recipe_utils.uses_shapes(args):
+    common.check_data_arguments(parser, args)
+    if args.pipeline == "python" and not common.uses_shapes(args):
         parser.error("--pipeline python reads ShapesWorld only; use tf.data for your data")
     return args
 
@@ -289,9 +294,9 @@ def tokenizer_proto(args, config, world, init_preset):
     """SentencePiece bytes: --tokenizer, the --init-from preset's, or one
     trained on ShapesWorld text."""
     if args.tokenizer:
-        return recipe_utils.read_bytes(args.tokenizer)
+        return common.read_bytes(args.tokenizer)
     if init_preset:
-        return recipe_utils.preset_tokenizer_proto(init_preset)
+        return common.preset_tokenizer_proto(init_preset)
     return train_shapes_tokenizer(
         world,
         num_samples=config.get("tokenizer_samples", 2000),
@@ -299,7 +304,7 @@ def tokenizer_proto(args, config, world, init_preset):
     )
 
 
-def epoch_datasets(source, tokenizer, config, seed, shapes):
+def epoch_datasets(source, tokenizer, config, seed, shapes, skip_counter=None):
     """`epoch -> dataset`: the batches of epoch e depend only on (seed, e)."""
 
     from keras_tipsv2.data import make_pretraining_dataset
@@ -313,13 +318,14 @@ def epoch_datasets(source, tokenizer, config, seed, shapes):
             num_local_crops=config["num_local_crops"],
             local_crop_size=config["local_crop_size"],
             caption_mode=config["pretrainer"]["caption_sampling"],
-            seed=recipe_utils.epoch_seed(seed, epoch),
+            seed=resumable_fit.epoch_seed(seed, epoch),
             crop_scale=tuple(config["crop_scale"]),
             # ShapesWorld's captions name colours and left / right.
             horizontal_flip=not shapes,
             colour_jitter=not shapes,
             repeat=True,
             shuffle_buffer=4096,
+            skip_counter=skip_counter,
         )
 
     return epoch_dataset
@@ -352,7 +358,7 @@ def build_backbone(config, proto, init_preset):
     if init_preset:
         return TIPSv2Backbone.from_preset(init_preset)
     kwargs = dict(config["backbone"])
-    vocabulary = recipe_utils.proto_vocabulary_size(proto)
+    vocabulary = common.proto_vocabulary_size(proto)
     kwargs["text_vocabulary_size"] = max(kwargs["text_vocabulary_size"], vocabulary)
     return TIPSv2Backbone(**kwargs)
 
@@ -376,18 +382,23 @@ def build_pretrainer(backbone, config, plan, seed):
     return model
 
 
+def budget_minutes(args):
+    """--minutes, or the tiny config's default budget of 10 minutes."""
+    if args.minutes is None and args.steps is None and args.config == "tiny" and not args.quick:
+        return 10.0
+    return args.minutes
+
+
 def planned_schedule(args, config, make_model, make_batch):
-    """{"steps_per_epoch", "epochs"}: from --steps, --minutes (a measured step
-    on a throw-away model) or the config."""
+    """{"steps_per_epoch", "epochs"}: from --steps, --minutes (a step measured
+    on `make_model()`, a throw-away model built only then) or the config."""
     steps_per_epoch = config["steps_per_epoch"]
-    minutes = args.minutes
-    if minutes is None and args.steps is None and args.config == "tiny" and not args.quick:
-        minutes = 10.0
+    minutes = budget_minutes(args)
     if args.steps is not None:
         epochs = max(1, -(-args.steps // steps_per_epoch))
     elif minutes is not None:
-        seconds = recipe_utils.measured_seconds_per_step(make_model(), make_batch())
-        epochs = recipe_utils.steps_for_budget(seconds, minutes, steps_per_epoch)
+        seconds = common.measured_seconds_per_step(make_model(), make_batch())
+        epochs = common.steps_for_budget(seconds, minutes, steps_per_epoch)
         print(f"{seconds:.2f} s/step -> {epochs} epochs of {steps_per_epoch} steps in {minutes:g} min")
     else:
         epochs = config["epochs"]
@@ -408,13 +419,11 @@ def evaluate_and_write(backbone, proto, config, args, output, train_info):
         backbone, tokenizer, held_out, num_images=config.get("eval_images", args.eval_images)
     )
     pictures = save_pictures(backbone, tokenizer, held_out, output, vocabulary="colour")
-    with open(os.path.join(output, "results.json"), "w") as f:
-        json.dump({"train": train_info, "evaluation": results}, f, indent=2)
+    common.write_results(output, {"train": train_info, "evaluation": results})
     report = markdown_report(results, title=f"TIPSv2 {args.config} pretrained on ShapesWorld")
     report += "\n" + training_summary(train_info) + "\n"
     report += "Pictures: " + ", ".join(os.path.basename(p) for p in pictures.values()) + "\n"
-    with open(os.path.join(output, "report.md"), "w") as f:
-        f.write(report)
+    atomic_files.write_text(os.path.join(output, "report.md"), report)
     return results, report
 
 
@@ -474,17 +483,20 @@ def main(argv=None):
 
 def run(args):
     config = run_config(args)
-    output = args.output or (DEFAULT_OUTPUT if args.config == "tiny" else f"runs/pretrain_{args.config}")
-    backup_dir = os.path.join(output, "checkpoint")
-    if args.fresh and os.path.exists(backup_dir):
-        shutil.rmtree(backup_dir)
+    output = args.output or common.default_output(f"pretrain_{args.config}", args.quick)
+    backup_dir = common.start_run_folder(output, args.fresh)
+    settings = common.run_settings(args, config)
+    settings["flags"]["minutes"] = budget_minutes(args)
+    # Refused before any slow work when the folder holds another run.
+    with common.refusing_other_runs(output):
+        plan = resumable_fit.stored_plan(backup_dir, settings)
     apply_distribution(args)
-    shapes = recipe_utils.uses_shapes(args)
+    shapes = common.uses_shapes(args)
     world = shapes_world(config, "train", seed=args.seed)
     # --init-from resolved once: the preset for backbone and tokenizer, and a
     # run folder's checkpoint (None for a preset) for the whole pretrainer.
     init_preset, init_weights = (
-        recipe_utils.init_sources(args.init_from) if args.init_from else (None, None)
+        common.init_sources(args.init_from) if args.init_from else (None, None)
     )
     proto = tokenizer_proto(args, config, world, init_preset)
 
@@ -492,49 +504,61 @@ def run(args):
         keras.utils.set_random_seed(args.seed)
         model = build_pretrainer(build_backbone(config, proto, init_preset), config, plan, args.seed)
         if init_weights:
-            recipe_utils.load_pretrainer_weights(model, init_weights)
+            resumable_fit.load_weights_without_optimizer(model, init_weights)
         return model
 
     sequence_length = config["backbone"]["text_max_sequence_length"]
+    skips = None if args.pipeline == "python" else common.skip_counter()
 
-    def fresh_data():
+    def fresh_data(skip_counter):
         """(epoch_dataset, step_batches): one of them is None."""
         if args.pipeline == "python":
             tokenizer = TIPSv2Tokenizer(proto=proto, sequence_length=sequence_length)
             return None, step_batches(world, tokenizer, config, args.seed, args.workers)
+        from keras_tipsv2.data import tf_data_tokenizer
+
         # After the last reseed: tf.random.set_seed (inside set_random_seed)
         # frees the tokenizer's SentencePiece resource.
-        tokenizer = recipe_utils.tf_data_tokenizer(proto, sequence_length)
-        source = recipe_utils.raw_source(args, world, config["train_samples"])
-        return epoch_datasets(source, tokenizer, config, args.seed, shapes), None
+        tokenizer = tf_data_tokenizer(proto, sequence_length)
+        source = common.raw_source(args, world, config["train_samples"])
+        return epoch_datasets(source, tokenizer, config, args.seed, shapes, skip_counter), None
 
     def first_batch():
-        epoch_dataset, batches = fresh_data()
+        # Its own counter: what measuring reads is not part of the run.
+        counter = common.skip_counter()
+        epoch_dataset, batches = fresh_data(counter)
         if batches is not None:
             return batches(10**6, 1)[0]
-        return next(iter(epoch_dataset(10**6)))
+        with common.data_errors(counter):
+            return next(iter(epoch_dataset(10**6)))
 
     def measure_plan():
-        model = fresh_model({"steps_per_epoch": 1, "epochs": 1})
-        return planned_schedule(args, config, lambda: model, first_batch)
+        return planned_schedule(
+            args, config, lambda: fresh_model({"steps_per_epoch": 1, "epochs": 1}), first_batch
+        )
 
-    plan = recipe_utils.load_or_save_plan(backup_dir, measure_plan)
+    if plan is None:
+        plan = resumable_fit.save_plan(backup_dir, measure_plan(), settings)
     model = fresh_model(plan)
-    epoch_dataset, batches = fresh_data()
+    epoch_dataset, batches = fresh_data(skips)
     total = plan["epochs"] * plan["steps_per_epoch"]
     print(f"Training {total} steps ({plan['epochs']} epochs x {plan['steps_per_epoch']}) into {output}")
     start_time = time.perf_counter()
-    result = recipe_utils.fit_resumable(
-        model,
-        epoch_dataset,
-        epochs=plan["epochs"],
-        steps_per_epoch=plan["steps_per_epoch"],
-        backup_dir=backup_dir,
-        save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
-        callbacks=recipe_utils.logging_callbacks(output),
-        verbose=args.verbose,
-        step_batches=batches,
-    )
+    callbacks = common.logging_callbacks(output)
+    if skips is not None:
+        callbacks.append(common.SkipReport(skips))
+    with common.refusing_other_runs(output), common.data_errors(skips):
+        result = resumable_fit.fit_resumable(
+            model,
+            epoch_dataset,
+            epochs=plan["epochs"],
+            steps_per_epoch=plan["steps_per_epoch"],
+            backup_dir=backup_dir,
+            save_every=args.checkpoint_every or max(1, plan["steps_per_epoch"] // 2),
+            callbacks=callbacks,
+            verbose=args.verbose,
+            step_batches=batches,
+        )
     seconds = time.perf_counter() - start_time
     trained = result["end_step"] - result["start_step"]
     info = {
@@ -549,7 +573,8 @@ def run(args):
         "start_step": result["start_step"],
         "train_seconds": seconds,
         "seconds_per_step": seconds / trained if trained else None,
-        "final_logs": recipe_utils.final_logs(result),
+        "final_logs": common.final_logs(result),
+        "skipped_examples": common.skip_totals(skips),
         "parameter_counts": model.parameter_counts(),
         "pretrainer": config["pretrainer"],
         "world": config["world"],
@@ -559,7 +584,7 @@ def run(args):
         "mixed_precision": args.mixed_precision,
     }
     backbone = float32_backbone(model.backbone)
-    preset = recipe_utils.export_preset(
+    preset = common.export_preset(
         backbone, os.path.join(output, "preset"), proto, config["image_size"]
     )
     print(f"Preset written to {preset}")
@@ -568,10 +593,11 @@ def run(args):
         evaluation, report = evaluate_and_write(backbone, proto, config, args, output, info)
         print(report)
     else:
-        with open(os.path.join(output, "results.json"), "w") as f:
-            json.dump({"train": info}, f, indent=2)
+        common.write_results(output, {"train": info})
     return {"output": output, "preset": preset, "train": info, "evaluation": evaluation}
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))

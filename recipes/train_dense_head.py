@@ -3,7 +3,8 @@
 A DPT head (the official decoder architecture) or a per-patch linear probe
 on ShapesWorld label maps; the backbone stays frozen. `--probe foreground`
 runs the official foreground-segmentation linear probe instead
-(tips_reference §4.2: box-filtered patch labels, logistic regression,
+(google-deepmind/tips `pytorch/TIPS_foreground_segmentation_demo.ipynb`:
+box-filtered patch labels, logistic regression,
 3x3 median filter), with "any object" as foreground.
 
     python recipes/train_dense_head.py --preset tipsv2_b14 --head dpt \
@@ -13,6 +14,7 @@ runs the official foreground-segmentation linear probe instead
 """
 
 import argparse
+import sys
 
 import keras
 import numpy as np
@@ -27,6 +29,7 @@ from keras_tipsv2.evaluation.foreground_probe import (
     patch_mask_means,
 )
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.convert.preset import write_task_preset
 from keras_tipsv2.models.tipsv2_dense_tasks import TIPSv2DenseSegmenter
 
 TINY_BACKBONE = dict(
@@ -94,7 +97,7 @@ def train_segmentation_head(backbone, args):
     print(f"held-out before training: {before}")
     print(f"held-out after training:  {after}")
     if args.output:
-        model.save_to_preset(args.output)
+        write_task_preset(model, args.output, overwrite=True)
         print(f"saved to {args.output}")
     return model
 
@@ -144,4 +147,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_tipsv2.utils.cli import run
+
+    sys.exit(run(main))

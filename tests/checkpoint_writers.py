@@ -2,7 +2,7 @@
 
 The oracle is transformers' `Tipsv2Model`, an implementation independent of
 ours. Its state dict is rewritten into the official PyTorch and Scenic npz
-layouts (tips_reference.md §3) so that every reader is checked against the
+layouts (the released checkpoints of google-deepmind/tips) so that every reader is checked against the
 same numbers.
 """
 

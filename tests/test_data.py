@@ -14,6 +14,7 @@ from keras_tipsv2.data.captions import has_captions
 from keras_tipsv2.data.captions import sample_caption
 from keras_tipsv2.data.coco import coco_examples
 from keras_tipsv2.data.manifest import manifest_examples
+from keras_tipsv2.data.pipeline import DataSourceError
 from keras_tipsv2.data.pipeline import SkipCounter
 from keras_tipsv2.data.pipeline import make_pretraining_dataset
 from keras_tipsv2.data.pipeline import raw_examples
@@ -295,3 +296,53 @@ def test_local_crops_have_count_and_size(rng):
     crops = augment.local_crops(random_image(rng, 40), 4, 12, tf.constant([3, 4]))
     assert crops.shape == (4, 12, 12, 3)
     assert not np.allclose(crops[0], crops[1])
+
+
+def unreadable_manifest(tmp_path, bad, good=0, rng=None):
+    """A manifest of `bad` unreadable images followed by `good` readable ones."""
+    records = []
+    for i in range(bad):
+        (tmp_path / f"bad{i}.jpg").write_bytes(b"not an image")
+        records.append({"image": f"bad{i}.jpg", "alt_text": "a", "caption_short": "x"})
+    for i in range(good):
+        (tmp_path / f"good{i}.png").write_bytes(encode(random_image(rng)))
+        records.append({"image": f"good{i}.png", "alt_text": "a", "caption_short": "x"})
+    write_jsonl(tmp_path / "m.jsonl", records)
+    return str(tmp_path / "m.jsonl")
+
+
+def test_a_source_whose_every_record_is_dropped_stops_naming_it_and_the_reasons(tmp_path):
+    manifest = unreadable_manifest(tmp_path, bad=5)
+    counter = SkipCounter()
+    # repeat=True: without the stop, this would loop forever without a batch.
+    dataset = pipeline(manifest, repeat=True, skip_counter=counter)
+    with pytest.raises(tf.errors.OpError, match="every one of its records was dropped"):
+        next(iter(dataset))
+    assert isinstance(counter.error, DataSourceError)
+    message = str(counter.error)
+    assert message.startswith(f"Stopped reading {manifest}: every one of its records was dropped")
+    assert "bad" in message and "unreadable or corrupt image" in message
+    assert counter.corrupt_images >= 5
+
+
+def test_a_long_run_of_drops_stops_the_pipeline(tmp_path, rng):
+    manifest = unreadable_manifest(tmp_path, bad=4, good=1, rng=rng)
+    counter = SkipCounter(max_consecutive_skips=3)
+    with pytest.raises(tf.errors.OpError, match="3 examples in a row were dropped"):
+        batches(pipeline(manifest, shuffle=False, drop_remainder=False, skip_counter=counter))
+    assert counter.corrupt_images >= 3  # read ahead may count one more
+
+
+def test_only_the_first_drops_are_logged_but_all_are_counted(tmp_path, rng, caplog):
+    manifest = unreadable_manifest(tmp_path, bad=4, good=1, rng=rng)
+    counter = SkipCounter(logged_skips=2)
+    with caplog.at_level(logging.WARNING, logger="keras_tipsv2.data"):
+        (batch,) = batches(pipeline(manifest, shuffle=False, drop_remainder=False, skip_counter=counter))
+    assert batch["images"].shape[0] == 1
+    assert caplog.text.count("Skipped example") == 2
+    assert "counted, not logged" in caplog.text
+    totals = counter.totals()
+    assert totals["corrupt_images"] == 4 and totals["total"] == 4
+    assert totals["first_reasons"] == [
+        f"#{i} {tmp_path / f'bad{i}.jpg'}: unreadable or corrupt image" for i in range(2)
+    ]

@@ -362,7 +362,7 @@ def test_training_leaves_the_backbone_unchanged(trained):
         np.testing.assert_array_equal(ops.convert_to_numpy(w), w0)
 
 
-# --- Foreground-segmentation linear probe (tips_reference §4.2) -------------
+# --- Foreground-segmentation linear probe (the official notebook) ---------
 
 
 def test_patch_mask_means_box_filters_each_patch():

@@ -12,7 +12,8 @@ import pytest
 from keras import ops
 
 from keras_tipsv2.convert import backbone_from_checkpoint, read_official
-from keras_tipsv2.layers.compiled_call import inference_scope
+from keras_tipsv2 import kernels
+from keras_tipsv2.models.tipsv2_inference import inference_scope
 from tests import checkpoint_writers as cw
 
 TOLERANCE = 1e-4
@@ -63,8 +64,16 @@ def test_image_tower_matches_reference(pair, size):
 
 
 def test_image_tower_matches_reference_without_autograd(pair):
-    # torch then takes oneDNN's matmuls and the blocks' in-place ops.
+    # torch/CPU then takes oneDNN's matmuls (keras_tipsv2.kernels).
     _check_images(pair, (280, 420), scope=inference_scope)
+
+
+def test_image_tower_matches_reference_with_kernels_off(pair):
+    kernels.set_enabled(False)
+    try:
+        _check_images(pair, (280, 420), scope=inference_scope)
+    finally:
+        kernels.set_enabled(True)
 
 
 def test_swiglu_image_tower_matches_reference(swiglu_pair):

@@ -116,8 +116,8 @@ def test_save_and_load_weights_restore_training_state(trained, tmp_path):
     fresh = make_pretrainer()
     fresh.optimizer.build(fresh.trainable_variables)
     fresh.load_weights(path)
-    # Keras checkpoints hold weights, not SeedGenerator states: a restored
-    # run draws different masks, which training does not care about.
+    # save_weights holds weights, not SeedGenerator states (the resumable
+    # checkpoints of training/resumable_fit.py add those).
     for a, b in zip(model.weights, fresh.weights):
         np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b), err_msg=a.path)
     for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):

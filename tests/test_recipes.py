@@ -1,162 +1,34 @@
-"""The pretraining recipe end to end, and step-exact resume after a kill."""
+"""The training recipes end to end: outputs, run folders, continuations."""
 
+import json
 import os
-import shutil
 import sys
 from unittest import mock
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
-from keras_tipsv2.training import recipe_utils
-from tests.test_pretrainer import make_batch
-from tests.test_pretrainer import make_pretrainer
+from keras_tipsv2.training import resumable_fit
+from keras_tipsv2.training.resumable_fit import CHECKPOINT_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
 
-STEPS_PER_EPOCH = 3
-EPOCHS = 2
-KILL_AT = 4  # global step: epoch 1, batch 1
-
-
-def epoch_dataset(epoch):
-    """Batches keyed by epoch, with explicit masks (the in-step mask seed is
-    not checkpointed, so random masks would differ after a restore)."""
-    batches = []
-    for i in range(STEPS_PER_EPOCH):
-        batch = make_batch(seed=10 * epoch + i, crops=False)
-        batch["masks"] = np.random.default_rng(10 * epoch + i).uniform(size=(8, 2, 2)) < 0.5
-        batches.append(batch)
-    stacked = {k: (np.stack([b[k] for b in batches]) if not isinstance(batches[0][k], dict)
-                   else {kk: np.stack([b[k][kk] for b in batches]) for kk in batches[0][k]})
-               for k in batches[0]}
-    return tf.data.Dataset.from_tensor_slices(stacked)
-
-
-class Kill(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        if int(ops.convert_to_numpy(self.model.optimizer.iterations)) == KILL_AT:
-            raise KeyboardInterrupt("killed")
-
-
-class Record(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs, self.steps = [], 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-
-
-def fit(model, backup_dir, callbacks=()):
-    return recipe_utils.fit_resumable(
-        model, epoch_dataset, EPOCHS, STEPS_PER_EPOCH, backup_dir,
-        save_every=1, callbacks=list(callbacks), verbose=0,
-    )
-
-
-def numpy_weights(weights):
-    return [ops.convert_to_numpy(w).copy() for w in weights]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """An uninterrupted run, and a run killed at step 4 then restarted."""
-    root = tmp_path_factory.mktemp("resume")
-    straight = make_pretrainer()
-    fit(straight, str(root / "straight"))
-    killed = make_pretrainer()
-    with pytest.raises(KeyboardInterrupt):
-        fit(killed, str(root / "killed"), [Kill()])
-    at_kill = numpy_weights(killed.teacher_head.weights)
-    shutil.copytree(root / "killed", root / "at_kill")  # the restart overwrites it
-    restarted = make_pretrainer()
-    record = Record()
-    result = fit(restarted, str(root / "killed"), [record])
-    return dict(
-        straight=straight, at_kill=at_kill, restarted=restarted, record=record,
-        result=result, backup_dir=str(root / "at_kill"),
-    )
-
-
-def test_restart_resumes_at_the_killed_step_not_from_scratch(runs):
-    assert runs["result"]["start_step"] == KILL_AT
-    assert runs["record"].steps == EPOCHS * STEPS_PER_EPOCH - KILL_AT
-    assert runs["record"].epochs == [1]  # only the interrupted epoch's rest
-
-
-def test_restart_ends_with_the_same_schedule(runs):
-    restarted = runs["restarted"]
-    assert int(ops.convert_to_numpy(restarted.optimizer.iterations)) == EPOCHS * STEPS_PER_EPOCH
-    assert int(ops.convert_to_numpy(restarted.step_counter)) == EPOCHS * STEPS_PER_EPOCH
-
-
-def test_restore_loads_the_checkpointed_ema_teacher_and_optimizer_step(runs):
-    model = make_pretrainer()
-    step = recipe_utils.ResumableBackupAndRestore(runs["backup_dir"]).restore(model)
-    assert step == KILL_AT
-    assert int(ops.convert_to_numpy(model.step_counter)) == KILL_AT
-    for got, want in zip(numpy_weights(model.teacher_head.weights), runs["at_kill"]):
-        np.testing.assert_array_equal(got, want)
-    # The checkpointed teacher is not the initial one.
-    initial = numpy_weights(make_pretrainer().teacher_head.weights)
-    assert not np.allclose(runs["at_kill"][0], initial[0], atol=1e-6)
-
-
-def test_killed_and_resumed_run_matches_the_uninterrupted_run(runs):
-    for a, b in zip(runs["straight"].weights, runs["restarted"].weights):
-        np.testing.assert_allclose(
-            ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-4, atol=1e-5, err_msg=a.path
-        )
-    for a, b in zip(runs["straight"].optimizer.variables, runs["restarted"].optimizer.variables):
-        np.testing.assert_allclose(
-            ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-4, atol=1e-6, err_msg=a.path
-        )
-
-
-def test_continuation_loads_every_model_weight_but_starts_a_fresh_optimizer(runs):
-    checkpointed = make_pretrainer()
-    recipe_utils.ResumableBackupAndRestore(runs["backup_dir"]).restore(checkpointed)
-    model = make_pretrainer()
-    path = os.path.join(runs["backup_dir"], recipe_utils.CHECKPOINT_FILE)
-    recipe_utils.load_pretrainer_weights(model, path)
-    for want, got in zip(checkpointed.weights, model.weights):
-        np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(want), err_msg=want.path)
-    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 0
-    fresh = make_pretrainer().optimizer
-    fresh.build(model.trainable_variables)
-    for want, got in zip(fresh.variables, model.optimizer.variables):
-        np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(want), err_msg=got.path)
-    # The checkpoint's optimizer had moved: the reset is not vacuous.
-    assert int(ops.convert_to_numpy(checkpointed.optimizer.iterations)) == KILL_AT
-
-
-def test_continuation_of_another_pretrainer_shape_names_the_mismatch(runs):
-    model = make_pretrainer(num_prototypes=32)
-    with pytest.raises(ValueError, match="does not fit this pretrainer"):
-        recipe_utils.load_pretrainer_weights(
-            model, os.path.join(runs["backup_dir"], recipe_utils.CHECKPOINT_FILE)
-        )
-
+import common  # noqa: E402  (recipes/common.py)
 
 def test_init_from_names_a_preset_or_a_finished_run(tmp_path):
-    assert recipe_utils.init_sources("tipsv2_tiny_shapes") == ("tipsv2_tiny_shapes", None)
+    assert common.init_sources("tipsv2_tiny_shapes") == ("tipsv2_tiny_shapes", None)
     run = tmp_path / "run"
     (run / "preset").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        recipe_utils.init_sources(str(run))
+        common.init_sources(str(run))
     (run / "checkpoint").mkdir()
-    (run / "checkpoint" / recipe_utils.CHECKPOINT_FILE).write_bytes(b"")
-    assert recipe_utils.init_sources(str(run)) == (
-        str(run / "preset"), str(run / "checkpoint" / recipe_utils.CHECKPOINT_FILE)
+    (run / "checkpoint" / CHECKPOINT_FILE).write_bytes(b"")
+    assert common.init_sources(str(run)) == (
+        str(run / "preset"), str(run / "checkpoint" / CHECKPOINT_FILE)
     )
 
 
@@ -180,47 +52,12 @@ def test_quick_recipe_run_writes_a_loadable_preset_and_a_report(tmp_path, capsys
     assert "Zero-shot segmentation mIoU" in report and "all background" in report
     for name in ("pca.png", "segmentation.png", "log.csv", "results.json"):
         assert (tmp_path / "run" / name).exists(), name
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["train"]["skipped_examples"] == {
+        "corrupt_images": 0, "missing_captions": 0, "total": 0, "first_reasons": []
+    }  # fmt: skip
     for name in ("config.json", "tokenizer.json", "image_converter.json"):
         assert os.path.exists(os.path.join(out["preset"], name)), name
-
-
-class StepBatches(keras.utils.PyDataset):
-    """Batches keyed by global step, as `ShapesWorldBatches` serves them."""
-
-    def __init__(self, first, count, requested):
-        super().__init__()
-        self.first, self.count, self.requested = first, count, requested
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, index):
-        step = self.first + index
-        self.requested.append(step)
-        batch = make_batch(seed=step, crops=False)
-        batch["masks"] = np.random.default_rng(step).uniform(size=(8, 2, 2)) < 0.5
-        return batch
-
-
-def test_step_keyed_source_resumes_at_the_killed_step(tmp_path):
-    requested = []
-
-    def step_batches(first, count):
-        return StepBatches(first, count, requested)
-
-    def fit_steps(model, callbacks=()):
-        return recipe_utils.fit_resumable(
-            model, None, EPOCHS, STEPS_PER_EPOCH, str(tmp_path), save_every=1,
-            callbacks=list(callbacks), verbose=0, step_batches=step_batches,
-        )  # fmt: skip
-
-    with pytest.raises(KeyboardInterrupt):
-        fit_steps(make_pretrainer(), [Kill()])
-    requested.clear()
-    result = fit_steps(make_pretrainer())
-    assert result["start_step"] == KILL_AT
-    assert result["end_step"] == EPOCHS * STEPS_PER_EPOCH
-    assert sorted(set(requested)) == list(range(KILL_AT, EPOCHS * STEPS_PER_EPOCH))
 
 
 def test_set_overrides_nested_config_entries_with_json_values():
@@ -265,32 +102,76 @@ def test_ablation_hands_its_overrides_to_every_run():
         assert config["pretrainer"]["patch_loss"] == variant["patch_loss"], name
 
 
-def test_python_pipeline_trains_on_shapes_world_without_tf_data(tmp_path):
+def test_quick_run_has_its_own_folder_which_the_main_command_refuses(tmp_path, monkeypatch):
     import pretrain
 
-    out = pretrain.main(
-        ["--quick", "--pipeline", "python", "--steps", "2", "--no-eval",
-         "--output", str(tmp_path / "run"), "--verbose", "0"]
-    )  # fmt: skip
-    assert out["train"]["pipeline"] == "python"
-    assert out["train"]["start_step"] == 0
+    monkeypatch.chdir(tmp_path)
+    out = pretrain.main(["--quick", "--pipeline", "python", "--steps", "2", "--no-eval", "--verbose", "0"])
+    assert out["output"] == os.path.join("runs", "pretrain_tiny_quick")
+    assert out["train"]["pipeline"] == "python" and out["train"]["start_step"] == 0
     assert np.isfinite(out["train"]["final_logs"]["loss"])
     TIPSv2Backbone.from_preset(out["preset"])
+    # The main command pointed at that folder stops before any work, in one
+    # line that names a difference and both ways out.
+    with pytest.raises(SystemExit) as error:
+        pretrain.main(["--steps", "2", "--pipeline", "python", "--output", out["output"]])
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{os.path.abspath(out['output'])} holds another run: config.")
+    assert "--fresh" in message and "--output" in message
+
+
+def test_an_unreadable_manifest_stops_the_recipe_naming_it(tmp_path):
+    import pretrain
+    from keras_tipsv2.data import DataSourceError
+    from tests.spm_utils import train_tiny_spm
+
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"not an image")
+    manifest = tmp_path / "data.jsonl"
+    manifest.write_text("".join(f'{{"image": "{i}.jpg", "alt_text": "a", "caption_short": "b"}}\n' for i in range(3)))
+    with pytest.raises(DataSourceError, match=f"Stopped reading {manifest}: every one of its records"):
+        pretrain.main(
+            ["--quick", "--steps", "2", "--manifest", str(manifest), "--tokenizer", train_tiny_spm(str(tmp_path)),
+             "--output", str(tmp_path / "run"), "--verbose", "0"]
+        )  # fmt: skip
+
+
+def test_skip_report_prints_each_epochs_drops_and_the_totals(capsys):
+    class Counter:
+        total = 0
+
+        def totals(self):
+            return {"total": self.total, "corrupt_images": self.total - 1, "missing_captions": 1}
+
+    counter = Counter()
+    report = common.SkipReport(counter)
+    report.on_epoch_end(0)
+    assert capsys.readouterr().out == ""  # silent while nothing was dropped
+    counter.total = 5
+    report.on_epoch_end(1)
+    counter.total = 7
+    report.on_epoch_end(2)
+    assert capsys.readouterr().out.splitlines() == [
+        "Epoch 2: 5 examples skipped (5 so far: 4 unreadable or corrupt images, 1 missing captions)",
+        "Epoch 3: 2 examples skipped (7 so far: 6 unreadable or corrupt images, 1 missing captions)",
+    ]
 
 
 def test_a_finished_run_continues_with_its_heads_on_a_new_schedule(tmp_path):
     import pretrain
 
-    common = ["--quick", "--pipeline", "python", "--no-eval", "--verbose", "0"]
-    first = pretrain.main(common + ["--steps", "2", "--output", str(tmp_path / "a")])
+    flags = ["--quick", "--pipeline", "python", "--no-eval", "--verbose", "0"]
+    first = pretrain.main(flags + ["--steps", "2", "--output", str(tmp_path / "a")])
     load = mock.patch.object(
-        recipe_utils, "load_pretrainer_weights", wraps=recipe_utils.load_pretrainer_weights
-    )
+        resumable_fit, "load_weights_without_optimizer",
+        wraps=resumable_fit.load_weights_without_optimizer,
+    )  # fmt: skip
     with load as loaded:
         out = pretrain.main(
-            common + ["--steps", "2", "--init-from", str(tmp_path / "a"), "--output", str(tmp_path / "b")]
+            flags + ["--steps", "2", "--init-from", str(tmp_path / "a"), "--output", str(tmp_path / "b")]
         )
-    assert loaded.call_args.args[1] == str(tmp_path / "a" / "checkpoint" / recipe_utils.CHECKPOINT_FILE)
+    assert loaded.call_args.args[1] == str(tmp_path / "a" / "checkpoint" / CHECKPOINT_FILE)
     assert out["train"]["start_step"] == 0 and out["train"]["init_from"] == str(tmp_path / "a")
     assert np.isfinite(out["train"]["final_logs"]["loss"])
     # The continuation's tokenizer is the first run's.

@@ -4,7 +4,7 @@ from keras import ops
 
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
-from keras_tipsv2.models.tipsv2_image_converter import short_side_size
+from keras_tipsv2.models.tipsv2_images import short_side_size
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import sliding_windows
 from tests.conftest import tiny_backbone_kwargs
 
@@ -259,7 +259,7 @@ def test_slide_probabilities_average_each_windows_softmax_where_windows_overlap(
 
 
 def test_upsampling_to_the_same_size_is_the_identity(rng):
-    from keras_tipsv2.models.tipsv2_zero_shot_segmenter import upsampled_scores
+    from keras_tipsv2.models.tipsv2_images import upsampled_scores
 
     scores = rng.standard_normal((6, 9, 4)).astype("float32")
     resized = ops.image.resize(scores[None], (6, 9), interpolation="bilinear", antialias=False)

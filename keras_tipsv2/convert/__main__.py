@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from keras_tipsv2.convert.preset_loader import OFFICIAL_TOKENIZER_URL, TOKENIZER_FILE
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -30,7 +32,11 @@ def parse_args(argv=None):
     parser.add_argument("--task", choices=("depth", "normals", "segmentation"), help="with --dpt")
     parser.add_argument("--backbone", help="with --dpt: the backbone preset the decoder was trained on")
     parser.add_argument("--text", help="official *_text.npz (with --vision)")
-    parser.add_argument("--tokenizer", help="SentencePiece tokenizer.model to ship as a preset asset")
+    parser.add_argument(
+        "--tokenizer",
+        help="SentencePiece tokenizer.model to ship as a preset asset (default: "
+        "tokenizer.model beside the checkpoint)",
+    )
     parser.add_argument("--output", required=True, help="preset directory to write")
     parser.add_argument("--num-heads", type=int, help="heads, for widths that are not published TIPS widths")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
@@ -69,6 +75,37 @@ def convert_dpt(args):
     return path
 
 
+def found_tokenizer(args):
+    """--tokenizer, else a tokenizer.model beside the checkpoint (for the
+    npz pair also one folder up, where the official release keeps it)."""
+    if args.tokenizer:
+        return args.tokenizer
+    if args.hf:
+        places = [args.hf]
+    else:
+        here = os.path.dirname(os.path.abspath(args.vision))
+        places = [here, os.path.dirname(here)]
+    for place in places:
+        candidate = os.path.join(place, TOKENIZER_FILE)
+        if os.path.exists(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"No {TOKENIZER_FILE} in {' or '.join(places)}: pass --tokenizer "
+        f"{TOKENIZER_FILE} (the official file: {OFFICIAL_TOKENIZER_URL})."
+    )
+
+
+def checked_tokenizer(path):
+    """`path`, if it holds a SentencePiece model; else a ValueError naming it."""
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=path)
+    except Exception as e:  # sentencepiece's errors name no file
+        raise ValueError(f"{path} is not a SentencePiece tokenizer model: {e}") from e
+    return path
+
+
 def convert(args):
     if args.dpt:
         return convert_dpt(args)
@@ -76,36 +113,43 @@ def convert(args):
     from keras_tipsv2.convert.loading import backbone_from_checkpoint
     from keras_tipsv2.convert.official import load_npz, read_official
     from keras_tipsv2.convert.preset import write_preset
+    from keras_tipsv2.convert.preset_loader import read_json
 
-    tokenizer = args.tokenizer
     if args.hf:
         checkpoint = read_hf_dir(args.hf)
-        bundled = os.path.join(args.hf, "tokenizer.model")
-        if tokenizer is None and os.path.exists(bundled):
-            tokenizer = bundled
+        vision_config = read_json(os.path.join(args.hf, "config.json")).get("vision_config") or {}
+        image_size = int(vision_config.get("image_size", 448))
     else:
         vision, text = load_npz(args.vision), load_npz(args.text)
         checkpoint = read_official(
-            vision, text, source=os.path.basename(args.vision), num_heads=args.num_heads
+            vision,
+            text,
+            source=f"{os.path.basename(args.vision)} / {os.path.basename(args.text)}",
+            num_heads=args.num_heads,
         )
+        # The position table covers the training resolution.
+        image_size = checkpoint.config["vision_position_grid"][0] * checkpoint.config.get(
+            "vision_patch_size", 14
+        )
+    tokenizer = checked_tokenizer(found_tokenizer(args))
     backbone = backbone_from_checkpoint(checkpoint)
-    path = write_preset(backbone, args.output, tokenizer, overwrite=args.overwrite)
+    path = write_preset(
+        backbone, args.output, tokenizer, image_size=image_size, overwrite=args.overwrite
+    )
     print(
         f"Wrote {path}: {checkpoint.source}, {backbone.count_params():,} parameters, "
-        f"vision {backbone.vision_num_layers}x{backbone.vision_hidden_dim}, "
-        f"text {backbone.text_num_layers}x{backbone.text_hidden_dim}."
+        f"vision {backbone.vision_num_layers}x{backbone.vision_hidden_dim} at "
+        f"{image_size} px, text {backbone.text_num_layers}x{backbone.text_hidden_dim}, "
+        f"tokenizer {tokenizer}."
     )
     return path
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        convert(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """Runs the conversion; returns the exit status (errors as one line)."""
+    from keras_tipsv2.utils.cli import run
+
+    return run(lambda a: convert(parse_args(a)), argv)
 
 
 if __name__ == "__main__":

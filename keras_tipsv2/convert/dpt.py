@@ -1,6 +1,7 @@
 """DPT decoder weights -> `TIPSv2DPTHead` and the dense tasks.
 
-Two sources (tips_reference §4.3):
+Two sources (google-deepmind/tips, `pytorch/decoders.py` and the released
+decoder files):
 - the official Flax `.zip` decoder files: a zip of `.npy` arrays keyed by
   "/" paths (optionally under `decoder/`), convolutions in Keras' HWIO
   layout already, ConvTranspose kernels as Flax stores them
@@ -155,7 +156,7 @@ def hub_variable_map(head, task):
     official `pytorch/decoders.py` names under `{task}_head.`, e.g.
     `depth_head.reassemble.readout_projects.0.weight`,
     `depth_head.fusion_blocks.1.residual_unit.conv1.weight`,
-    `depth_head.depth_head.weight` (tips_reference.md §4.3).
+    `depth_head.depth_head.weight` (transformers' `Tipsv2Dpt`).
     """
     prefix = f"{task}_head."
     entries = {}

@@ -109,8 +109,11 @@ def open_safetensors(directory):
 
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index: {e!r}") from e
     else:
         files = ["model.safetensors"]
     handles = {}
@@ -118,7 +121,12 @@ def open_safetensors(directory):
         path = os.path.join(directory, name)
         if not os.path.exists(path):
             raise FileNotFoundError(f"Missing weights file {path}.")
-        handle = safe_open(path, framework="np")
+        try:
+            handle = safe_open(path, framework="np")
+        except Exception as e:  # safetensors' own errors name no file
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (truncated or damaged?): {e}"
+            ) from e
         for key in handle.keys():
             handles[key] = handle
     return _LazyTensors(handles)
@@ -143,8 +151,11 @@ def read_hf_dir(directory):
     config_path = os.path.join(directory, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"No config.json in {directory}.")
-    with open(config_path) as f:
-        config = json.load(f)
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except ValueError as e:
+        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
     return read_hf(config, open_safetensors(directory), source=directory)
 
 
@@ -153,7 +164,7 @@ def backbone_from_hf(config, state_dict, dtype=None, **overrides):
 
     `state_dict` values may be numpy arrays or CPU torch tensors. Keyword
     arguments override the backbone config read from `config` (e.g.
-    `vision_attention_implementation`).
+    `dtype`, `image_shape`).
     """
     arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
     return backbone_from_checkpoint(read_hf(config, arrays), dtype=dtype, **overrides)

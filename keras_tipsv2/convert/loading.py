@@ -62,7 +62,8 @@ def load_checkpoint(backbone, checkpoint):
     """Assigns every canonical array of `checkpoint` to `backbone`.
 
     Raises `CheckpointError` naming the source key and both shapes on any
-    mismatch, and listing keys the model has no place for.
+    mismatch, listing keys the model has no place for, and naming any
+    array that cannot be read or holds NaN or infinite values.
     """
     variables = backbone_variable_map(backbone)
     extra = sorted(set(checkpoint.names()) - set(variables))
@@ -79,7 +80,7 @@ def load_checkpoint(backbone, checkpoint):
                 f"{checkpoint.source}: missing weight for '{name}' "
                 f"(model shape {tuple(variable.shape)})."
             )
-        array = checkpoint.array(name)
+        array = _finite_array(checkpoint, name)
         if tuple(array.shape) != tuple(variable.shape):
             raise CheckpointError(
                 f"{checkpoint.source}: key '{checkpoint.source_key(name)}' has "
@@ -87,6 +88,26 @@ def load_checkpoint(backbone, checkpoint):
                 f"'{name}' has shape {tuple(variable.shape)}."
             )
         variable.assign(array.astype(variable.dtype))
+
+
+def _finite_array(checkpoint, name):
+    """The array of `name`, refused if unreadable or not finite."""
+    try:
+        array = checkpoint.array(name)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a damaged file fails only when the array is read
+        raise CheckpointError(
+            f"{checkpoint.source}: could not read '{checkpoint.source_key(name)}' "
+            f"(damaged or truncated file?): {e}"
+        ) from e
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise CheckpointError(
+            f"{checkpoint.source}: '{checkpoint.source_key(name)}' holds {bad} NaN "
+            "or infinite value(s); the checkpoint is damaged or diverged."
+        )
+    return array
 
 
 def backbone_from_checkpoint(checkpoint, dtype=None, **overrides):

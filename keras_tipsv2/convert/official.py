@@ -2,7 +2,8 @@
 
 The layout is detected from the keys: the PyTorch files have `cls_token` /
 `token_embedding.weight`, the Scenic ones `encoder/ToTokenSequence_0/...` /
-`token_emb/emb_var`. Key names and shapes: tips_reference.md §3.
+`token_emb/emb_var`. Key names and shapes: the released checkpoints of
+google-deepmind/tips (`pytorch/`, `scenic/`).
 """
 
 import numpy as np

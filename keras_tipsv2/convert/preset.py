@@ -1,22 +1,36 @@
-"""Writes a converted backbone (and tokenizer assets) as a KerasHub preset.
+"""Writes a backbone (and tokenizer and image converter) as a KerasHub preset.
 
-The preset is written into a temporary sibling directory and renamed into
-place only when every file is written, so a failed conversion leaves no
-half-written output directory behind.
+The preset is built in a hidden sibling folder and moved into place only
+when every file is written (`atomic_files.replace_directory`): a failed or
+killed write leaves the previous preset, or none, under the name, never a
+half-written one, and an overwritten preset is deleted only after the new
+one is in place.
 """
 
 import os
-import shutil
-import tempfile
+
+from keras_tipsv2.utils import atomic_files
 
 
 def write_preset(backbone, output, tokenizer_proto=None, image_size=448, overwrite=False):
-    """Saves `backbone` (+ tokenizer and image converter) to `output`.
+    """Saves `backbone` (+ tokenizer and image converter) to the folder `output`.
 
     Args:
+        backbone: a `TIPSv2Backbone`.
+        output: the preset folder.
         tokenizer_proto: SentencePiece model, a path or the model's bytes.
         image_size: side of the square images the converter produces: the
             published models' 448, or the resolution a model was trained at.
+        overwrite: replace an existing, non-empty `output`.
+
+    Returns:
+        `output` as an absolute path.
+
+    Example:
+
+    ```python
+    write_preset(backbone, "presets/my_tipsv2", "tokenizer.model", image_size=224)
+    ```
     """
 
     def save(staging):
@@ -34,25 +48,13 @@ def write_task_preset(task, output, overwrite=False):
 
 
 def _write_atomically(save, output, overwrite):
-    output = os.path.abspath(output)
-    if os.path.exists(output) and os.listdir(output):
-        if not overwrite:
-            raise FileExistsError(
-                f"Output directory {output} exists and is not empty; choose "
-                "another path or pass --overwrite."
-            )
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tipsv2-preset-", dir=parent)
-    try:
-        save(staging)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
+    output = os.path.abspath(atomic_files.recover(output))
+    if os.path.exists(output) and os.listdir(output) and not overwrite:
+        raise FileExistsError(
+            f"Output directory {output} exists and is not empty; choose "
+            "another path or pass --overwrite."
+        )
+    return atomic_files.replace_directory(output, save)
 
 
 def _save_preprocessing(directory, tokenizer_proto, image_size, sequence_length):

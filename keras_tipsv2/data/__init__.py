@@ -18,9 +18,11 @@ _MODULES = {
     "coco_examples": "coco",
     "manifest_examples": "manifest",
     "read_manifest": "manifest",
+    "DataSourceError": "pipeline",
     "SkipCounter": "pipeline",
     "make_pretraining_dataset": "pipeline",
     "raw_examples": "pipeline",
+    "tf_data_tokenizer": "pipeline",
     "tfrecord_examples": "tfrecord",
     "write_tfrecords": "tfrecord",
 }

@@ -2,7 +2,7 @@
 
 Every random op takes an explicit stateless seed (a pair of integers), so a
 pipeline is a pure function of its seed and element order. Defaults follow
-DINOv2's multi-crop recipe (§3.5 of the training recipe): random-resized
+DINOv2's multi-crop recipe (facebookresearch/dinov2, `data/augmentations.py`): random-resized
 crops, horizontal flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) with p = 0.8;
 local crops use scale (0.05, 0.4). Outputs are float32 RGB in [0, 1], the
 range TIPSv2 encoders take.

@@ -1,4 +1,4 @@
-"""Multi-granularity caption sampling (TIPSv2 §2.4 of the training recipe).
+"""Multi-granularity caption sampling, as the TIPSv2 paper trains its two CLS tokens.
 
 CLS_1 is paired with the web alt-text; CLS_2 with a caption drawn per
 example, uniformly, from the richer caption fields (a short and a long

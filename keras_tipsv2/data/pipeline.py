@@ -8,13 +8,13 @@ produce them; any
 `tf.data.Dataset` of that structure can be brought instead.
 
 Examples whose image cannot be read or decoded, or whose captions are
-missing, are dropped, counted in a `SkipCounter` and logged as warnings;
-they never stop training.
+missing, are dropped and counted in a `SkipCounter` (the first few logged
+as warnings); they stop training only when nothing else is left: every
+record of the source dropped, or a long run of drops in a row.
 """
 
 import logging
 
-import numpy as np
 import tensorflow as tf
 
 from keras_tipsv2.data import augment
@@ -30,16 +30,49 @@ logger = logging.getLogger("keras_tipsv2.data")
 IMAGE_KEYS = ("image_path", "image_bytes", "image")
 
 
-class SkipCounter:
-    """Counts the examples a pipeline dropped, by reason.
+class DataSourceError(RuntimeError):
+    """A data source yields nothing usable: every one of its records, or a
+    long run of examples in a row, was dropped."""
 
-    Pass one to `make_pretraining_dataset(..., skip_counter=counter)` and read
-    `counter.corrupt_images` / `counter.missing_captions` after iterating.
+
+class SkipCounter:
+    """Counts the examples a pipeline dropped, by reason, and stops one that drops all.
+
+    Pass one to `make_pretraining_dataset(..., skip_counter=counter)`; read
+    `counter.totals()` (or the properties) after iterating. The first
+    `logged_skips` dropped examples are logged one by one, later ones only
+    counted. Reading stops with a `DataSourceError` that names the source and
+    the first reasons once every record of the source has been dropped (a
+    full pass yields nothing) or `max_consecutive_skips` examples in a row
+    were dropped: with `repeat=True` such a pipeline would otherwise loop
+    forever without a batch. TensorFlow wraps that error when it reaches
+    the consumer (e.g. in `fit`); the original stays in `counter.error`.
+
+    Args:
+        max_consecutive_skips: stop after this many dropped examples in a row.
+        logged_skips: how many dropped examples are logged individually.
+
+    Example:
+
+    ```python
+    counter = SkipCounter()
+    dataset = make_pretraining_dataset("data.jsonl", tokenizer, 64, 224,
+                                       skip_counter=counter)
+    ...
+    print(counter.totals())  # {"corrupt_images": 3, "missing_captions": 0, ...}
+    ```
     """
 
-    def __init__(self):
+    def __init__(self, max_consecutive_skips=1000, logged_skips=10):
+        if max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips must be >= 1; got {max_consecutive_skips}.")
+        self.max_consecutive_skips = int(max_consecutive_skips)
+        self.logged_skips = int(logged_skips)
         self._corrupt_images = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._missing_captions = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._consecutive = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.first_reasons = []
+        self.error = None
 
     @property
     def corrupt_images(self):
@@ -53,25 +86,85 @@ class SkipCounter:
     def total(self):
         return self.corrupt_images + self.missing_captions
 
-    def record(self, element):
-        """Counts and logs `element` if it is to be dropped; returns it."""
-        bad_image = tf.logical_not(element["image_ok"])
-        bad_captions = element["image_ok"] & tf.logical_not(element["captions_ok"])
-        self._corrupt_images.assign_add(tf.cast(bad_image, tf.int64))
-        self._missing_captions.assign_add(tf.cast(bad_captions, tf.int64))
-        reason = tf.where(bad_image, "unreadable or corrupt image", "missing caption")
-        tf.cond(
-            bad_image | bad_captions,
-            lambda: tf.py_function(_log_skip, [reason, element["name"]], []),
-            tf.no_op,
+    def totals(self):
+        """{"corrupt_images", "missing_captions", "total", "first_reasons"}:
+        the counts so far and up to `logged_skips` "example: reason" lines."""
+        return {
+            "corrupt_images": self.corrupt_images,
+            "missing_captions": self.missing_captions,
+            "total": self.total,
+            "first_reasons": list(self.first_reasons),
+        }
+
+    def recorder(self, source_name, num_records=None):
+        """The map function that counts, logs and checks one source's examples.
+
+        Args:
+            source_name: how errors name the source (e.g. the manifest path).
+            num_records: records in one pass of the source, if known: once
+                each of them has been dropped, the source yields nothing.
+
+        Returns:
+            `element -> element` for a sequential `Dataset.map` over the
+            checked examples (see `checked_example`), before they are filtered.
+        """
+        dropped_records = None
+        if num_records:
+            dropped = tf.Variable(tf.zeros([num_records], tf.bool), trainable=False)
+            dropped_records = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+        def record(element):
+            bad_image = tf.logical_not(element["image_ok"])
+            bad_captions = element["image_ok"] & tf.logical_not(element["captions_ok"])
+            skipped = bad_image | bad_captions
+            logged = tf.cast(self._corrupt_images + self._missing_captions, tf.int64)
+            self._corrupt_images.assign_add(tf.cast(bad_image, tf.int64))
+            self._missing_captions.assign_add(tf.cast(bad_captions, tf.int64))
+            consecutive = self._consecutive.assign(
+                tf.where(skipped, self._consecutive + 1, tf.zeros_like(self._consecutive))
+            )
+            reason = tf.where(bad_image, "unreadable or corrupt image", "missing caption")
+            tf.cond(
+                skipped & (logged < self.logged_skips),
+                lambda: tf.py_function(self._log_skip, [reason, element["name"]], []),
+                tf.no_op,
+            )
+            stop = consecutive >= self.max_consecutive_skips
+            if dropped_records is not None:
+                first_time = skipped & tf.logical_not(dropped[element["record"]])
+                dropped.scatter_nd_update([[element["record"]]], [skipped | dropped[element["record"]]])
+                count = dropped_records.assign_add(tf.cast(first_time, tf.int64))
+                stop = stop | (count >= num_records)
+            tf.cond(
+                stop,
+                lambda: tf.py_function(self._stop, [source_name, consecutive], []),
+                tf.no_op,
+            )
+            return element
+
+        return record
+
+    def _log_skip(self, reason, name):
+        line = f"{name.numpy().decode()}: {reason.numpy().decode()}"
+        self.first_reasons.append(line)
+        logger.warning("Skipped example %s.", line)
+        if len(self.first_reasons) == self.logged_skips:
+            logger.warning("Further skipped examples are counted, not logged.")
+
+    def _stop(self, source_name, consecutive):
+        consecutive = int(consecutive.numpy())
+        what = (
+            f"{consecutive} examples in a row were dropped"
+            if consecutive >= self.max_consecutive_skips
+            else "every one of its records was dropped"
         )
-        return element
-
-
-def _log_skip(reason, name):
-    logger.warning(
-        "Skipped example %s: %s.", name.numpy().decode(), reason.numpy().decode()
-    )
+        reasons = "; ".join(self.first_reasons[:3]) or "none logged"
+        self.error = DataSourceError(
+            f"Stopped reading {source_name.numpy().decode()}: {what} "
+            f"({self.corrupt_images} unreadable or corrupt images, "
+            f"{self.missing_captions} missing captions so far). First reasons: {reasons}."
+        )
+        raise self.error
 
 
 def raw_examples(source):
@@ -122,6 +215,7 @@ def checked_example(index, example, caption_mode):
     name = example.get("image_path", tf.strings.as_string(index))
     return {
         "index": index,
+        "record": example["record"],
         "name": tf.strings.join(["#", tf.strings.as_string(index), " ", name]),
         "image": image,
         "alt_text": example["alt_text"],
@@ -220,15 +314,21 @@ def make_pretraining_dataset(
         return batch
 
     dataset = raw_examples(source)
+    num_records = int(dataset.cardinality())
+    # Each record's number in its pass, so the counter can tell when every
+    # record has been dropped.
+    dataset = dataset.enumerate().map(lambda r, x: dict(x, record=r))
     if repeat:
         dataset = dataset.repeat()
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    source_name = source if isinstance(source, str) else "the raw-example dataset"
+    record = counter.recorder(source_name, num_records if num_records > 0 else None)
     dataset = (
         dataset.enumerate()
         .map(lambda i, x: checked_example(i, x, caption_mode), **parallel)
-        .map(counter.record)  # sequential: exact counts
+        .map(record)  # sequential: exact counts
         .filter(lambda x: x["image_ok"] & x["captions_ok"])
         .map(views, **parallel)
         .batch(batch_size, drop_remainder=drop_remainder)
@@ -243,3 +343,27 @@ def _tokens(output):
         "token_ids": tf.cast(output["token_ids"], tf.int32),
         "padding_mask": tf.cast(output["padding_mask"], tf.int32),
     }
+
+
+def tf_data_tokenizer(proto, sequence_length):
+    """A `TIPSv2Tokenizer` that several tf.data pipelines can share.
+
+    Its SentencePiece op is created eagerly here: created lazily inside a
+    first pipeline's map function, it would belong to that function's graph
+    and die with it, and every later pipeline (e.g. the next epoch's) would
+    fail with "Resource ... SentencepieceOp does not exist". Create it after
+    the last `keras.utils.set_random_seed`, which resets TensorFlow's
+    resources.
+
+    Args:
+        proto: SentencePiece model, a path or its bytes.
+        sequence_length: padded length of the token ids.
+
+    Returns:
+        A `TIPSv2Tokenizer`.
+    """
+    from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+
+    tokenizer = TIPSv2Tokenizer(proto=proto, sequence_length=sequence_length)
+    tokenizer(tf.constant(["a"]))
+    return tokenizer

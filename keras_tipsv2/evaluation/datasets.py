@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from keras_tipsv2.models.tipsv2_images import read_image_file
+
 # The standard ADE20K-150 order (SceneParsing `objectInfo150`), as the TIPS
 # zero-shot notebook uses it verbatim.
 ADE20K_CLASSES = (
@@ -90,13 +92,7 @@ class SegmentationDataset:
 
     def __iter__(self):
         for image_path, annotation_path in self.pairs:
-            yield read_image(image_path), read_annotation(annotation_path)
-
-
-def read_image(path):
-    """uint8 RGB (H, W, 3)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+            yield read_image_file(image_path), read_annotation(annotation_path)
 
 
 def read_annotation(path):

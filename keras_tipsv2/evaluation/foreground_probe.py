@@ -1,6 +1,6 @@
 """The foreground-segmentation linear probe of the official notebooks.
 
-`pytorch/TIPS_foreground_segmentation_demo.ipynb` (tips_reference §4.2),
+`pytorch/TIPS_foreground_segmentation_demo.ipynb` (google-deepmind/tips),
 with NumPy in place of scikit-learn and SciPy:
 
 1. alpha masks are box-filtered per 14x14 patch (stride 14);

@@ -1,4 +1,5 @@
-"""Mean intersection-over-union from a confusion matrix (tips_reference.md §4.1)."""
+"""Mean intersection-over-union from a confusion matrix, as the TIPS zero-shot
+segmentation evaluation (google-deepmind/tips) scores it."""
 
 import numpy as np
 

@@ -3,8 +3,7 @@
 from keras import ops
 
 from keras_tipsv2.evaluation.pictures import pca_picture
-from keras_tipsv2.models.tipsv2_image_converter import short_side_size
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import resize_bicubic
+from keras_tipsv2.models.tipsv2_images import resize_bicubic, short_side_size
 
 
 def pca_components(features, num_components=3):

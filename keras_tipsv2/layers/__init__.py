@@ -1,7 +1,5 @@
 from keras_tipsv2.layers.attention import TIPSv2Attention
 from keras_tipsv2.layers.drop_path import DropPath
-from keras_tipsv2.layers.fused_dense import FusedBiasDense
-from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 from keras_tipsv2.layers.temperature import ContrastiveTemperature
 from keras_tipsv2.layers.text_block import MaskedMeanPooling, TIPSv2TextBlock
 from keras_tipsv2.layers.text_embedding import (

@@ -1,6 +1,6 @@
 """The DPT decoder that the TIPSv2 dense heads put on frozen ViT features.
 
-Follows the official `pytorch/decoders.py` (tips_reference §4.3): four
+Follows the official `pytorch/decoders.py` (google-deepmind/tips): four
 intermediate layers, each a (CLS_1, patch map) pair, are read out,
 reassembled at four scales, fused bottom-up and projected; a per-pixel Dense
 gives the task's channels. Everything is channels-last.

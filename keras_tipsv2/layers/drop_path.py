@@ -7,8 +7,8 @@ class DropPath(keras.layers.Layer):
     """Stochastic depth: drops a whole residual branch per example.
 
     Written here rather than taken from KerasHub's DINOv2 because that one
-    never zeroes a sample and fails under `fit` on every backend (see
-    `kerashub_conventions.md` §3.2). The mask is `floor(keep + U[0,1))`, the
+    never zeroes a sample and fails under `fit` on every backend (KerasHub
+    0.32). The mask is `floor(keep + U[0,1))`, the
     DINOv2/timm rule, scaled by `1 / keep` so the expectation is unchanged.
 
     Args:

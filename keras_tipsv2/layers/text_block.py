@@ -2,10 +2,6 @@ import keras
 from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
-from keras_tipsv2.layers.functional import add_into
-from keras_tipsv2.layers.functional import multiply_into
-from keras_tipsv2.layers.fused_dense import FusedBiasDense
-from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
@@ -15,9 +11,18 @@ class TIPSv2TextBlock(keras.layers.Layer):
     The MLP output is zeroed at padded positions, as the reference does, so
     padding never leaks into real tokens through later layers' residuals.
 
+    Args:
+        hidden_dim, num_heads, intermediate_dim: block shape.
+        layer_norm_epsilon: 1e-6 (Scenic); the PyTorch and Hugging Face code
+            use 1e-5.
+        **kwargs: `keras.layers.Layer` arguments.
+
     Call arguments:
         inputs: (B, T, D).
         padding_mask: (B, T), 1 = real token.
+
+    Returns:
+        (B, T, D).
     """
 
     def __init__(
@@ -34,19 +39,19 @@ class TIPSv2TextBlock(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = layer_norm_epsilon
         policy = self.dtype_policy
-        self.norm1 = TIPSv2LayerNorm(
+        self.norm1 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
         )
         self.attention = TIPSv2Attention(
             hidden_dim, num_heads, dtype=policy, name="attention"
         )
-        self.norm2 = TIPSv2LayerNorm(
+        self.norm2 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
         )
-        self.fc1 = FusedBiasDense(
+        self.fc1 = keras.layers.Dense(
             intermediate_dim, activation="relu", dtype=policy, name="fc1"
         )
-        self.fc2 = FusedBiasDense(hidden_dim, dtype=policy, name="fc2")
+        self.fc2 = keras.layers.Dense(hidden_dim, dtype=policy, name="fc2")
 
     def build(self, input_shape):
         self.norm1.build(input_shape)
@@ -56,12 +61,9 @@ class TIPSv2TextBlock(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
     def call(self, inputs, padding_mask):
-        # Each product and sum is taken into this call's own temporary where
-        # torch allows it (`add_into`), with the same numbers.
-        x = add_into(self.attention(self.norm1(inputs), key_mask=padding_mask), inputs)
+        x = inputs + self.attention(self.norm1(inputs), key_mask=padding_mask)
         mask = ops.cast(padding_mask, x.dtype)[:, :, None]
-        y = multiply_into(self.fc2(multiply_into(self.fc1(self.norm2(x)), mask)), mask)
-        return add_into(y, x)
+        return x + self.fc2(self.fc1(self.norm2(x)) * mask) * mask
 
     def compute_output_shape(self, input_shape, padding_mask_shape=None):
         return input_shape

@@ -3,21 +3,25 @@ from keras import ops
 
 from keras_tipsv2.layers.attention import TIPSv2Attention
 from keras_tipsv2.layers.drop_path import DropPath
-from keras_tipsv2.layers.functional import add_into
-from keras_tipsv2.layers.functional import gelu
-from keras_tipsv2.layers.functional import multiply_into
-from keras_tipsv2.layers.fused_dense import FusedBiasDense
-from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+VALUES_TRICKS = (None, "values", "values_no_residual")
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
 class LayerScale(keras.layers.Layer):
     """Per-channel scale of a residual branch (DINOv2's `ls1` / `ls2`).
 
-    `in_place=True` (call argument) lets torch scale a temporary the caller
-    alone holds where it is (`multiply_into`); the same numbers.
+    Args:
+        hidden_dim: the number of channels D.
+        init_value: every gamma's starting value.
+        **kwargs: `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: (..., D).
+
+    Returns:
+        `inputs * gamma`, the same shape.
     """
 
     def __init__(self, hidden_dim, init_value=1.0, **kwargs):
@@ -32,9 +36,8 @@ class LayerScale(keras.layers.Layer):
             name="gamma",
         )
 
-    def call(self, inputs, in_place=False):
-        gamma = ops.cast(self.gamma, inputs.dtype)
-        return multiply_into(inputs, gamma) if in_place else inputs * gamma
+    def call(self, inputs):
+        return inputs * ops.cast(self.gamma, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -52,8 +55,20 @@ class TIPSv2VisionMLP(keras.layers.Layer):
     `"gelu"` is exact (erf) GELU as in the official PyTorch code;
     `"gelu_tanh"` is the tanh approximation, Flax's default, which the Scenic
     code uses. SwiGLU computes `W3(silu(Wg x) * (Wv x))` with the gate
-    branch first, the PyTorch `w12` packing; `intermediate_dim` is the width
-    of each branch (4096 for g/14).
+    branch first, the PyTorch `w12` packing.
+
+    Args:
+        hidden_dim: input and output width D.
+        intermediate_dim: hidden width; for SwiGLU the width of each of the
+            two branches (4096 for g/14).
+        activation: "gelu", "gelu_tanh" or "swiglu".
+        **kwargs: `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: (..., D).
+
+    Returns:
+        (..., D).
     """
 
     def __init__(self, hidden_dim, intermediate_dim, activation="gelu", **kwargs):
@@ -66,8 +81,8 @@ class TIPSv2VisionMLP(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.activation = activation
         width = 2 * intermediate_dim if activation == "swiglu" else intermediate_dim
-        self.fc1 = FusedBiasDense(width, dtype=self.dtype_policy, name="fc1")
-        self.fc2 = FusedBiasDense(hidden_dim, dtype=self.dtype_policy, name="fc2")
+        self.fc1 = keras.layers.Dense(width, dtype=self.dtype_policy, name="fc1")
+        self.fc2 = keras.layers.Dense(hidden_dim, dtype=self.dtype_policy, name="fc2")
 
     def build(self, input_shape):
         self.fc1.build(input_shape)
@@ -79,8 +94,7 @@ class TIPSv2VisionMLP(keras.layers.Layer):
             gate, value = ops.split(x, 2, axis=-1)
             x = ops.silu(gate) * value
         else:
-            # fc1's output is this call's own temporary.
-            x = gelu(x, approximate=self.activation == "gelu_tanh", in_place=True)
+            x = ops.gelu(x, approximate=self.activation == "gelu_tanh")
         return self.fc2(x)
 
     def compute_output_shape(self, input_shape):
@@ -113,15 +127,25 @@ class TIPSv2VisionBlock(keras.layers.Layer):
             starts as its own patch embedding and mixing grows as learned.
         drop_path_rate: stochastic depth rate, used only when training.
         layer_norm_epsilon: 1e-6 in both references.
-        attention_implementation: `TIPSv2Attention`'s `implementation`
-            ("auto", "backend", "explicit" or "per_head").
+        **kwargs: `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: (B, N, D).
+        training: enables stochastic depth.
         values_trick: None for the normal block. "values" is the TIPS
             zero-shot protocol (attention replaced by its value path,
             residual and MLP kept); "values_no_residual" is MaskCLIP's
             original form (the value path alone, no residual, no MLP).
+        attention_fn: passed to `TIPSv2Attention`.
+
+    Returns:
+        (B, N, D).
+
+    Example:
+    ```python
+    block = TIPSv2VisionBlock(hidden_dim=64, num_heads=4, intermediate_dim=256)
+    tokens = block(np.ones((2, 17, 64)))    # (2, 17, 64)
+    ```
     """
 
     def __init__(
@@ -134,7 +158,6 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         layer_scale_init=1.0,
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
-        attention_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -146,24 +169,20 @@ class TIPSv2VisionBlock(keras.layers.Layer):
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.attention_implementation = attention_implementation
         policy = self.dtype_policy
-        self.norm1 = TIPSv2LayerNorm(
+        self.norm1 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm1"
         )
         self.attention = TIPSv2Attention(
-            hidden_dim,
-            num_heads,
-            implementation=attention_implementation,
-            dtype=policy,
-            name="attention",
+            hidden_dim, num_heads, dtype=policy, name="attention"
         )
-        self.norm2 = TIPSv2LayerNorm(
+        self.norm2 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm2"
         )
         self.mlp = TIPSv2VisionMLP(
             hidden_dim, intermediate_dim, mlp_activation, dtype=policy, name="mlp"
         )
+        self.ls1 = self.ls2 = None
         if layer_scale:
             self.ls1 = LayerScale(hidden_dim, layer_scale_init, dtype=policy, name="ls1")
             self.ls2 = LayerScale(hidden_dim, layer_scale_init, dtype=policy, name="ls2")
@@ -177,27 +196,24 @@ class TIPSv2VisionBlock(keras.layers.Layer):
             self.ls2.build(input_shape)
         self.drop_path.build(input_shape)
 
-    # The residual branches below are this call's own temporaries, so on
-    # torch without autograd they take the LayerScale and the residual add
-    # in place (`add_into`); the numbers are LayerScale's and `+`'s.
-    def _scaled(self, branch, which):
-        return getattr(self, which)(branch, in_place=True) if self.layer_scale else branch
-
-    def _residual(self, inputs, branch, training):
-        return add_into(self.drop_path(branch, training=training), inputs)
-
-    def call(self, inputs, training=False, values_trick=None):
-        if values_trick not in (None, "values", "values_no_residual"):
-            raise ValueError(f"Unknown values_trick {values_trick!r}.")
+    def call(self, inputs, training=False, values_trick=None, attention_fn=None):
+        if values_trick not in VALUES_TRICKS:
+            raise ValueError(
+                f"values_trick must be one of {VALUES_TRICKS}; got {values_trick!r}."
+            )
         branch = self.attention(
-            self.norm1(inputs), values_only=values_trick is not None
+            self.norm1(inputs),
+            values_only=values_trick is not None,
+            attention_fn=attention_fn,
         )
-        branch = self._scaled(branch, "ls1")
         if values_trick == "values_no_residual":
-            return branch
-        x = self._residual(inputs, branch, training)
-        branch = self._scaled(self.mlp(self.norm2(x)), "ls2")
-        return self._residual(x, branch, training)
+            return self._scaled(branch, self.ls1)
+        x = inputs + self.drop_path(self._scaled(branch, self.ls1), training=training)
+        branch = self.mlp(self.norm2(x))
+        return x + self.drop_path(self._scaled(branch, self.ls2), training=training)
+
+    def _scaled(self, branch, layer_scale):
+        return layer_scale(branch) if self.layer_scale else branch
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -214,7 +230,6 @@ class TIPSv2VisionBlock(keras.layers.Layer):
                 "layer_scale_init": self.layer_scale_init,
                 "drop_path_rate": self.drop_path_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "attention_implementation": self.attention_implementation,
             }
         )
         return config

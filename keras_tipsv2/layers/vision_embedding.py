@@ -16,8 +16,7 @@ def resize_position_grid(grid, height, width):
     The resize is two matmuls with fixed weights (`bilinear_resize_weights`),
     the same numbers as `ops.image.resize` to float rounding. TensorFlow's
     antialiased resize (ScaleAndTranslate) has no XLA kernel, so this is what
-    lets the image tower compile under XLA at every input size
-    (`compiled_call`). The weights need the output size when the graph is
+    lets the image tower compile under XLA at every input size. The weights need the output size when the graph is
     traced, as `ops.image.resize` does.
     """
     if not all(isinstance(s, numbers.Integral) for s in (height, width)):

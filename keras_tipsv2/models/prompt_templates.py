@@ -5,7 +5,8 @@ from keras import ops
 from keras_tipsv2.layers.functional import l2_normalize
 
 # The 9 ImageNet templates kept by TCL, used by the TIPS zero-shot
-# segmentation notebook (tips_reference.md section 4.1), in its order.
+# segmentation notebook (google-deepmind/tips,
+# `pytorch/TIPS_zeroshot_segmentation.ipynb`), in its order.
 TCL_TEMPLATES = (
     "itap of a {}.",
     "a bad photo of a {}.",
@@ -104,6 +105,22 @@ CLIP_IMAGENET_TEMPLATES = (
 )
 
 
+NAMED_TEMPLATES = {"tcl": TCL_TEMPLATES, "imagenet": CLIP_IMAGENET_TEMPLATES}
+
+
+def resolve_templates(templates):
+    """A template list from a name ("tcl": the 9 of the zero-shot
+    segmentation protocol, "imagenet": CLIP's 80) or a list as it is."""
+    if isinstance(templates, str):
+        if templates not in NAMED_TEMPLATES:
+            raise ValueError(
+                f"templates must be one of {sorted(NAMED_TEMPLATES)} or a list of "
+                f"strings with one '{{}}' each; got {templates!r}."
+            )
+        return NAMED_TEMPLATES[templates]
+    return templates
+
+
 def fill_templates(class_names, templates):
     """All prompts, class-major: the prompt for (class c, template t) is at
     index c * len(templates) + t."""
@@ -130,7 +147,7 @@ def class_text_embeddings(
 ):
     """One unit-norm text embedding per class, by prompt ensembling.
 
-    The official protocol (tips_reference.md section 4.1, also CLIP's): fill
+    The official protocol (the TIPS zero-shot notebook's, also CLIP's): fill
     every template with the class name, encode each prompt with the text
     tower, L2-normalise each, average over the templates and L2-normalise
     the average.

@@ -1,13 +1,13 @@
-import functools
-import math
-
 import keras
 from keras import ops
 from keras_hub.models import Backbone
 
-from keras_tipsv2.layers import compiled_call
+from keras_tipsv2.kernels import policy as kernels
 from keras_tipsv2.layers.temperature import ContrastiveTemperature
 from keras_tipsv2.layers.vision_embedding import centre_pad_to_multiple
+from keras_tipsv2.models import tipsv2_inference
+from keras_tipsv2.models.tipsv2_backbone_config import check_backbone_config
+from keras_tipsv2.models.tipsv2_inputs import block_indices, checked_images, checked_token_ids
 from keras_tipsv2.models.tipsv2_text_encoder import TIPSv2TextEncoder
 from keras_tipsv2.models.tipsv2_vision_encoder import TIPSv2VisionEncoder
 
@@ -39,10 +39,6 @@ class TIPSv2Backbone(Backbone):
             number, or a list with one per block (e.g. near zero except the
             last block, whose value path the TIPS protocol reads).
         vision_drop_path_rate: stochastic depth for training.
-        vision_attention_implementation: how the image tower's attention
-            runs: "auto" (the fastest measured on this backend and device),
-            "backend", "explicit" or "per_head" (`TIPSv2Attention`). Same
-            numbers up to float rounding; a runtime choice, not a weight.
         text_vocabulary_size: 32000.
         text_hidden_dim, text_num_layers, text_num_heads,
         text_intermediate_dim: text tower shape (27 layers for So400m).
@@ -80,7 +76,6 @@ class TIPSv2Backbone(Backbone):
         vision_layer_scale=False,
         vision_layer_scale_init=1.0,
         vision_drop_path_rate=0.0,
-        vision_attention_implementation="auto",
         text_vocabulary_size=32000,
         text_max_sequence_length=64,
         text_layer_norm_epsilon=1e-6,
@@ -89,12 +84,7 @@ class TIPSv2Backbone(Backbone):
         dtype=None,
         **kwargs,
     ):
-        if vision_hidden_dim != text_hidden_dim:
-            raise ValueError(
-                "TIPSv2 compares image and text embeddings directly, so "
-                f"vision_hidden_dim ({vision_hidden_dim}) must equal "
-                f"text_hidden_dim ({text_hidden_dim})."
-            )
+        check_backbone_config(locals())
         # === Layers ===
         self.vision_encoder = TIPSv2VisionEncoder(
             patch_size=vision_patch_size,
@@ -109,7 +99,6 @@ class TIPSv2Backbone(Backbone):
             layer_scale=vision_layer_scale,
             layer_scale_init=vision_layer_scale_init,
             drop_path_rate=vision_drop_path_rate,
-            attention_implementation=vision_attention_implementation,
             dtype=dtype,
             name="vision_encoder",
         )
@@ -169,7 +158,6 @@ class TIPSv2Backbone(Backbone):
         self.vision_layer_scale = vision_layer_scale
         self.vision_layer_scale_init = vision_layer_scale_init
         self.vision_drop_path_rate = vision_drop_path_rate
-        self.vision_attention_implementation = vision_attention_implementation
         self.text_vocabulary_size = text_vocabulary_size
         self.text_hidden_dim = text_hidden_dim
         self.text_num_layers = text_num_layers
@@ -181,29 +169,12 @@ class TIPSv2Backbone(Backbone):
         self.image_shape = tuple(image_shape)
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """Loads a preset: a KerasHub preset, or a checkpoint converted on the fly.
-
-        Accepts, besides KerasHub presets (built-in names, local directories,
-        `kaggle://`, `hf://` repos in KerasHub format):
-        - a Hugging Face `transformers` TIPSv2 checkpoint, local or `hf://`
-          (config.json with model_type "tipsv2" + model.safetensors);
-        - `tips-npz://URL_PREFIX`, the official npz pair
-          `URL_PREFIX_vision.npz` / `URL_PREFIX_text.npz`.
-        Keyword arguments (e.g. `dtype`, `image_shape`) override the config.
-        """
-        from keras_tipsv2.models import tipsv2_preset_loading
-
-        checkpoint = tipsv2_preset_loading.checkpoint_for(preset)
-        if checkpoint is None:
-            return super().from_preset(preset, load_weights=load_weights, **kwargs)
-        from keras_tipsv2.convert.loading import backbone_from_checkpoint
-
-        if not load_weights:
-            config = dict(checkpoint.config)
-            config.update(kwargs)
-            return cls(**config)
-        return backbone_from_checkpoint(checkpoint, **kwargs)
+    def from_config(cls, config):
+        # Presets written by keras_tipsv2 0.1 name the attention path they
+        # ran; that choice is `keras_tipsv2.kernels`'s now.
+        config = dict(config)
+        config.pop("vision_attention_implementation", None)
+        return super().from_config(config)
 
     @property
     def token_embedding(self):
@@ -217,124 +188,118 @@ class TIPSv2Backbone(Backbone):
     def encode_images(self, images, masks=None, training=False, values_trick=None):
         """Runs the image tower alone.
 
+        At inference (`training=False`, concrete inputs) the call is
+        compiled once per configuration and input shape (`jax.jit`,
+        `tf.function` with XLA) and may take the faster kernels
+        `keras_tipsv2.kernels` chooses for this device; in a train step or
+        on symbolic inputs the layers run as they are. On torch it records
+        gradients like any module unless called under `torch.no_grad()`.
+
         Args:
-            images: (B, H, W, 3) floats in [0, 1].
+            images: (B, H, W, 3) floats in [0, 1] or uint8, or image paths /
+                PIL images of one size (`tipsv2_inputs`). Sides that are not a
+                multiple of the patch size are centre-padded.
             masks: optional (B, h, w) bool patch mask (iBOT masking).
             training: enables stochastic depth.
             values_trick: None, "values" (the TIPS zero-shot segmentation
                 protocol) or "values_no_residual" (MaskCLIP's original).
 
         Returns:
-            {"cls_tokens": (B, 2, D), "patch_tokens": (B, h, w, D)}, final-normed.
+            {"cls_tokens": (B, 2, D), "patch_tokens": (B, h, w, D)},
+            final-normed, h = ceil(H / patch), w = ceil(W / patch).
 
-        On torch, gradients flow through this call as through any module;
-        for inference wrap it in `torch.no_grad()` as with any torch model:
-        recording autograd's graph made B/14 at 448 px 1.4x slower, and
-        without it the towers also take oneDNN's matmul on CPU in float32
-        and compute their activations in place (benchmarks/RESULTS.md).
+        Example:
+        ```python
+        out = backbone.encode_images(np.random.uniform(size=(2, 224, 224, 3)))
+        out["patch_tokens"].shape   # (2, 16, 16, D) for patch 14
+        ```
         """
-        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
-        if len(images.shape) != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                "encode_images expects images of shape (batch, height, width, 3); "
-                f"got {tuple(images.shape)}."
-            )
+        images = checked_images(images, self.compute_dtype, "encode_images", not training)
         if masks is not None:
             masks = ops.convert_to_tensor(masks)
-        if not training and compiled_call.runs_eagerly(images, masks):
-            # Inference: on JAX and TensorFlow compiled once per
-            # (values_trick, masks given) and input shape: eager JAX runs op
-            # by op from Python, several times slower (benchmarks/RESULTS.md).
-            # Train steps take the plain path. Padding first gives every
-            # size with the same patch grid one compiled graph, and the same
-            # numbers (a Pad fused into the graph's convolution rounds
-            # differently on TensorFlow).
-            images = centre_pad_to_multiple(images, self.vision_patch_size)
-            return self._image_inference_call(
-                ("encode_images", values_trick, masks is None),
-                lambda x, m: self.vision_encoder(x, masks=m, values_trick=values_trick),
-                images,
-                masks,
+        if training or not tipsv2_inference.runs_eagerly(images, masks):
+            return self.vision_encoder(
+                images, masks=masks, training=training, values_trick=values_trick
             )
-        return self.vision_encoder(
-            images, masks=masks, training=training, values_trick=values_trick
-        )
+        attention_fn = kernels.attention_fn(self.compute_dtype)
+
+        def encode(x, m):
+            return self.vision_encoder(
+                x, masks=m, values_trick=values_trick, attention_fn=attention_fn
+            )
+
+        key = ("encode_images", values_trick, masks is None)
+        return self._image_inference(key, encode, images, masks)
 
     def encode_text(self, token_ids, padding_mask, training=False):
-        """Runs the text tower alone: (B, T) ids and mask -> (B, D) pooled."""
-        token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
-        padding_mask = ops.convert_to_tensor(padding_mask, dtype="int32")
-        if len(token_ids.shape) != 2 or token_ids.shape != padding_mask.shape:
-            raise ValueError(
-                "encode_text expects token_ids and padding_mask of the same "
-                f"shape (batch, length); got {tuple(token_ids.shape)} and "
-                f"{tuple(padding_mask.shape)}."
-            )
-        if not training and compiled_call.runs_eagerly(token_ids, padding_mask):
-            # Inference: compiled per input shape as in encode_images, and on
-            # torch/CPU in calls of a few texts (`texts_per_call`).
-            return self._inference_call(
-                self.text_encoder,
-                ("encode_text",),
-                lambda t, m: self.text_encoder(t, padding_mask=m),
-                compiled_call.texts_per_call(
-                    token_ids.shape[1], self._text_row_bytes()
-                ),
-                token_ids,
-                padding_mask,
-            )
-        return self.text_encoder(token_ids, padding_mask=padding_mask, training=training)
+        """Runs the text tower alone, compiled at inference as `encode_images`.
+
+        Args:
+            token_ids: (B, T) int in [0, `text_vocabulary_size`), T <=
+                `text_max_sequence_length`; other ids are refused.
+            padding_mask: (B, T), 1 = real token.
+            training: unused by the text tower; a train step passes True to
+                run the layers uncompiled.
+
+        Returns:
+            (B, D) mean-pooled text embeddings, not normalised.
+
+        Example:
+        ```python
+        tokens = tokenizer(["a red circle"])
+        text = backbone.encode_text(tokens["token_ids"], tokens["padding_mask"])
+        ```
+        """
+        token_ids, padding_mask = checked_token_ids(
+            token_ids, padding_mask, self.text_vocabulary_size, not training
+        )
+        if training or not tipsv2_inference.runs_eagerly(token_ids, padding_mask):
+            return self.text_encoder(token_ids, padding_mask=padding_mask)
+        encode = tipsv2_inference.compiled(
+            self,
+            ("encode_text",),
+            lambda t, m: self.text_encoder(t, padding_mask=m),
+            self.text_encoder.variables,
+        )
+        return encode(token_ids, padding_mask)
 
     def get_intermediate_layers(self, images, indices):
-        """Final-normed outputs of the blocks at 0-based `indices`.
+        """Final-normed outputs of the image tower's blocks at `indices`
+        (negative ones count from the end), or of the last n blocks for an
+        int n.
 
-        Returns a list of {"cls_tokens", "patch_tokens"} dicts, one per index,
-        as the official `get_intermediate_layers(..., norm=True)` and the DPT
-        heads use them.
+        What the official `get_intermediate_layers(..., norm=True)` returns
+        and what the DPT heads read; compiled at inference as
+        `encode_images`.
+
+        Args:
+            images: (B, H, W, 3) floats in [0, 1], as `encode_images`.
+            indices: block indices (0-based, negative from the end), or an
+                int n for the last n blocks.
+
+        Returns:
+            A list of {"cls_tokens", "patch_tokens"} dicts, one per index.
         """
-        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
-        indices = tuple(int(i) for i in indices)
-        if compiled_call.runs_eagerly(images):
-            # Compiled per (indices, input shape), as encode_images.
-            return self._image_inference_call(
-                ("get_intermediate_layers", indices),
-                lambda x: self.vision_encoder.intermediate_layers(x, indices),
-                images,
+        images = checked_images(images, self.compute_dtype, "get_intermediate_layers")
+        indices = block_indices(indices, self.vision_num_layers)
+        if not tipsv2_inference.runs_eagerly(images):
+            return self.vision_encoder.intermediate_layers(images, indices)
+        attention_fn = kernels.attention_fn(self.compute_dtype)
+
+        def intermediate(x):
+            return self.vision_encoder.intermediate_layers(
+                x, indices, attention_fn=attention_fn
             )
-        return self.vision_encoder.intermediate_layers(images, indices)
 
-    def _image_inference_call(self, key, fn, images, *tensors):
-        """`fn(images, *tensors)` on the image tower for inference, with
-        XLA where it suits (`xla_suits_the_image_tower`), on JAX/CPU in
-        calls of a few images (`images_per_call`)."""
-        patch = self.vision_patch_size
-        patches = math.ceil(images.shape[1] / patch) * math.ceil(images.shape[2] / patch)
-        return self._inference_call(
-            self.vision_encoder,
-            key,
-            fn,
-            compiled_call.images_per_call(patches),
-            images,
-            *tensors,
-            xla=compiled_call.xla_suits_the_image_tower(),
-        )
+        key = ("get_intermediate_layers", indices)
+        return self._image_inference(key, intermediate, images)
 
-    def _inference_call(self, tower, key, fn, size, *tensors, xla=False):
-        """`fn(*tensors)` over parts of at most `size` examples
-        (`call_in_parts`), each compiled on `tower` under `key` where the
-        backend compiles (`can_compile`) and run as it is on torch."""
-        run = fn
-        if compiled_call.can_compile(*tensors):
-            run = functools.partial(compiled_call.compiled_call, tower, key, fn, xla=xla)
-        return compiled_call.call_in_parts(run, size, *tensors)
-
-    def _text_row_bytes(self):
-        """Bytes of one token's widest text-tower activation: the qkv
-        projection or the MLP's hidden layer."""
-        width = max(3 * self.text_hidden_dim, self.text_intermediate_dim)
-        # float16 / bfloat16 / float32 / float64: the bits are in the name.
-        dtype = keras.backend.standardize_dtype(self.compute_dtype)
-        return width * int("".join(filter(str.isdigit, dtype))) // 8
+    def _image_inference(self, key, fn, images, *tensors):
+        """`fn(images, *tensors)` compiled. Padding first gives every size
+        with the same patch grid one compiled function and the same numbers."""
+        images = centre_pad_to_multiple(images, self.vision_patch_size)
+        run = tipsv2_inference.compiled(self, key, fn, self.vision_encoder.variables)
+        return run(images, *tensors)
 
     def get_config(self):
         config = super().get_config()
@@ -358,7 +323,6 @@ class TIPSv2Backbone(Backbone):
                     else list(self.vision_layer_scale_init)
                 ),
                 "vision_drop_path_rate": self.vision_drop_path_rate,
-                "vision_attention_implementation": self.vision_attention_implementation,
                 "text_vocabulary_size": self.text_vocabulary_size,
                 "text_hidden_dim": self.text_hidden_dim,
                 "text_num_layers": self.text_num_layers,

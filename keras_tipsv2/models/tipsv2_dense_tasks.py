@@ -2,7 +2,8 @@
 
 Each task holds a `TIPSv2Backbone` (frozen by default) and a head that reads
 intermediate blocks of its image tower: the DPT decoder of the official
-release (tips_reference §4.3), or a per-patch linear probe. Outputs are at
+release (google-deepmind/tips `pytorch/decoders.py`), or a per-patch linear
+probe. Outputs are at
 the input image size, reached by half-pixel bilinear upsampling as the
 official decoders and `transformers`' post-processing do.
 """
@@ -119,10 +120,12 @@ class UnitVectors(keras.layers.Layer):
         return input_shape
 
 
-class _TIPSv2DenseTask(Task):
-    """Shared wiring: images -> frozen features -> head -> task decoding.
+class TIPSv2DenseTask(Task):
+    """Shared wiring of the dense tasks: images -> frozen features -> head
+    -> task decoding.
 
     Subclasses give `output_channels` and `_decode(head_output, images)`.
+    Presets hold the head's weights alone (`save_task_weights`).
     """
 
     backbone_cls = TIPSv2Backbone
@@ -201,6 +204,11 @@ class _TIPSv2DenseTask(Task):
             dense = self.head(features[-1][1])
         outputs = self._decode(dense, images)
         super().__init__(inputs=images, outputs=outputs, **kwargs)
+        # On torch, layers set before Functional.__init__ are tracked only
+        # through the graph, which holds the image tower alone: without this
+        # the text tower's weights are missing from `weights` and
+        # `count_params` there, and nowhere else.
+        self.backbone = backbone
 
         # === Config ===
         self.output_channels = output_channels
@@ -216,6 +224,23 @@ class _TIPSv2DenseTask(Task):
     def _decode(self, dense, images):
         raise NotImplementedError
 
+    def _not_head(self):
+        """What task weight files leave out: the backbone (a preset keeps it
+        in model.weights.h5) and the optimizer, whose state KerasHub's
+        `Task.save_task_weights` writes too and no preset needs."""
+        skipped = list(self.backbone._flatten_layers())
+        if self.optimizer is not None:
+            skipped.append(self.optimizer)
+        return skipped
+
+    def save_task_weights(self, filepath):
+        """Saves the head's weights alone (no backbone, no optimizer state)."""
+        keras.saving.save_weights(self, filepath, objects_to_skip=self._not_head())
+
+    def load_task_weights(self, filepath):
+        """Loads the head's weights saved by `save_task_weights`."""
+        keras.saving.load_weights(self, filepath, objects_to_skip=self._not_head())
+
     def head_config(self):
         return {
             "head_type": self.head_type,
@@ -228,7 +253,7 @@ class _TIPSv2DenseTask(Task):
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
-class TIPSv2DenseSegmenter(_TIPSv2DenseTask):
+class TIPSv2DenseSegmenter(TIPSv2DenseTask):
     """Semantic segmentation on frozen TIPSv2 features (ADE20K DPT head).
 
     Follows KerasHub's `ImageSegmenter`: images in, per-pixel class logits
@@ -280,7 +305,7 @@ class TIPSv2DenseSegmenter(_TIPSv2DenseTask):
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
-class TIPSv2DepthEstimator(_TIPSv2DenseTask):
+class TIPSv2DepthEstimator(TIPSv2DenseTask):
     """Metric depth on frozen TIPSv2 features (the NYU DPT head).
 
     The head classifies each pixel into `num_depth_bins` bins; depth is the
@@ -333,7 +358,7 @@ class TIPSv2DepthEstimator(_TIPSv2DenseTask):
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
-class TIPSv2NormalEstimator(_TIPSv2DenseTask):
+class TIPSv2NormalEstimator(TIPSv2DenseTask):
     """Surface normals on frozen TIPSv2 features (the NYU normals head).
 
     Three channels, L2-normalised at head resolution, bilinearly resized to

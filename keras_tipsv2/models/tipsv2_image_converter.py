@@ -1,94 +1,29 @@
-import os
-
 import keras
-import numpy as np
 from keras import ops
 from keras_hub.layers import ImageConverter
 from keras_hub.src.utils.tensor_utils import convert_preprocessing_outputs_grain
-from keras_hub.src.utils.tensor_utils import convert_to_numpy
 from keras_hub.src.utils.tensor_utils import in_grain_data_pipeline
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 from keras_hub.src.utils.tensor_utils import tf
 
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.models.tipsv2_images import image_array, rgb, short_side_size, unit_range
 
 RESIZE_MODES = ("square", "short_side")
-# tips_reference.md 1.5: the demos resize to a square with antialiased
+# The official demos (google-deepmind/tips `pytorch/TIPS_Demo.ipynb`) resize to a square with antialiased
 # bilinear; the zero-shot segmentation protocol resizes the short side with
 # PIL's bicubic (which always antialiases).
 DEFAULT_INTERPOLATION = {"square": "bilinear", "short_side": "bicubic"}
 
 
-def short_side_size(height, width, short_side):
-    """(h, w) with min(h, w) == short_side and the aspect ratio kept; the long
-    side is truncated, as torchvision's Resize(int) does."""
-    if height <= width:
-        return short_side, int(short_side * width / height)
-    return int(short_side * height / width), short_side
-
-
-def _read_image_file(path):
-    from PIL import Image
-
+def preset_image_size(preset, default=448):
+    """The side of the square images a preset's image converter makes;
+    `default` (the published models' 448) for a preset without one."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        size = TIPSv2ImageConverter.from_preset(preset).image_size
     except FileNotFoundError:
-        raise FileNotFoundError(f"Image file not found: {path!r}") from None
-    except Exception as e:
-        raise ValueError(f"Could not decode image file {path!r}: {e}") from e
-
-
-def _as_array(image):
-    """One image (array, tensor, PIL image or path) as a numpy array."""
-    if isinstance(image, (str, os.PathLike)):
-        return _read_image_file(os.fspath(image))
-    if type(image).__module__.startswith("PIL."):
-        return np.asarray(image.convert("RGB"))
-    return convert_to_numpy(image)
-
-
-def _rgb(array):
-    """Channels-last RGB: grayscale (H, W) / (..., 1) is repeated, an alpha
-    channel is dropped (as PIL's convert("RGB") does)."""
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim not in (3, 4):
-        raise ValueError(
-            "Images must have shape (H, W), (H, W, C) or (B, H, W, C); got "
-            f"shape {array.shape}."
-        )
-    channels = array.shape[-1]
-    if channels == 1:
-        return np.repeat(array, 3, axis=-1)
-    if channels == 3:
-        return array
-    if channels == 4:
-        return array[..., :3]
-    raise ValueError(
-        "Images must be channels-last with 1 (gray), 3 (RGB) or 4 (RGBA) "
-        f"channels; got shape {array.shape}."
-    )
-
-
-def _unit_range(array):
-    """float32 in [0, 1]: integers are 8-bit values, floats must be in [0, 1]."""
-    if array.dtype == bool or not (
-        np.issubdtype(array.dtype, np.integer)
-        or np.issubdtype(array.dtype, np.floating)
-    ):
-        raise ValueError(
-            f"Images must be integer (0-255) or float (0-1); got {array.dtype}."
-        )
-    if np.issubdtype(array.dtype, np.integer):
-        return array.astype("float32") / 255.0
-    if array.size and (array.min() < 0.0 or array.max() > 1.0):
-        raise ValueError(
-            "Float images must be in [0, 1]; got values in "
-            f"[{array.min():g}, {array.max():g}]. Pass uint8 images or divide "
-            "by 255."
-        )
-    return array.astype("float32")
+        return default
+    return size[0] if size else default
 
 
 @keras.saving.register_keras_serializable(package="keras_tipsv2")
@@ -174,7 +109,7 @@ class TIPSv2ImageConverter(ImageConverter):
 
     def _call_python(self, inputs):
         if isinstance(inputs, (list, tuple)):
-            arrays = [_as_array(image) for image in inputs]
+            arrays = [image_array(image) for image in inputs]
             if any(array.ndim == 4 for array in arrays):
                 raise ValueError(
                     "A list passed to TIPSv2ImageConverter must hold single "
@@ -186,14 +121,14 @@ class TIPSv2ImageConverter(ImageConverter):
             else:
                 outputs = images
         else:
-            outputs = self._convert_one(_as_array(inputs))
+            outputs = self._convert_one(image_array(inputs))
         if in_grain_data_pipeline():
             return convert_preprocessing_outputs_grain(outputs)
         return outputs
 
     def _convert_one(self, array):
         """One image or one batch (numpy) -> resized, normalised tensor."""
-        images = ops.convert_to_tensor(_unit_range(_rgb(array)))
+        images = ops.convert_to_tensor(unit_range(rgb(array)))
         return self._normalize(self._resize(images, images.shape[-3:-1]))
 
     def _resize(self, images, hw):
@@ -222,7 +157,7 @@ class TIPSv2ImageConverter(ImageConverter):
     @preprocessing_function
     def _call_tf(self, inputs):
         # Inside tf.data every op must be a TensorFlow op, whatever the
-        # Keras backend; this mirrors _rgb/_unit_range/_resize.
+        # Keras backend; this mirrors rgb/unit_range/_resize (values cannot be checked in a graph).
         images = tf.convert_to_tensor(inputs)
         if images.shape.rank == 2:
             images = images[..., None]

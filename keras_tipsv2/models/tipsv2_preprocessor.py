@@ -27,7 +27,9 @@ class TIPSv2Preprocessor(Preprocessor):
         tokenizer: a `TIPSv2Tokenizer`.
         image_converter: a `TIPSv2ImageConverter`, or None to pass images
             through unchanged.
-        sequence_length: prompt length, 64 for every published model.
+        sequence_length: prompt length; None (default) takes the
+            tokenizer's, which a preset sets to its text tower's length
+            (64 for every published model).
 
     Example:
     ```python
@@ -42,12 +44,23 @@ class TIPSv2Preprocessor(Preprocessor):
     image_converter_cls = TIPSv2ImageConverter
 
     def __init__(
-        self, tokenizer=None, image_converter=None, sequence_length=64, **kwargs
+        self, tokenizer=None, image_converter=None, sequence_length=None, **kwargs
     ):
         super().__init__(**kwargs)
         self.tokenizer = tokenizer
         self.image_converter = image_converter
-        self.sequence_length = sequence_length
+        self._sequence_length = sequence_length
+
+    @property
+    def sequence_length(self):
+        """Prompt length: the one given, else the tokenizer's."""
+        if self._sequence_length is None and self.tokenizer is not None:
+            return self.tokenizer.sequence_length
+        return self._sequence_length
+
+    @sequence_length.setter
+    def sequence_length(self, value):
+        self._sequence_length = value
 
     def call(self, x, y=None, sample_weight=None, sequence_length=None):
         if not isinstance(x, dict) or not any(k in x for k in INPUT_KEYS):
@@ -84,5 +97,5 @@ class TIPSv2Preprocessor(Preprocessor):
 
     def get_config(self):
         config = super().get_config()
-        config["sequence_length"] = self.sequence_length
+        config["sequence_length"] = self._sequence_length
         return config

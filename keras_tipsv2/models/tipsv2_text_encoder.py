@@ -1,6 +1,5 @@
 import keras
 
-from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 from keras_tipsv2.layers.text_block import MaskedMeanPooling, TIPSv2TextBlock
 from keras_tipsv2.layers.text_embedding import TIPSv2TextEmbedding
 
@@ -55,7 +54,7 @@ class TIPSv2TextEncoder(keras.layers.Layer):
             )
             for i in range(num_layers)
         ]
-        self.norm = TIPSv2LayerNorm(
+        self.norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm"
         )
         self.pooling = MaskedMeanPooling(dtype=policy, name="pooling")

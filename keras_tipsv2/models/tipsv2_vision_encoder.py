@@ -1,7 +1,6 @@
 import keras
 from keras import ops
 
-from keras_tipsv2.layers.layer_norm import TIPSv2LayerNorm
 from keras_tipsv2.layers.vision_block import TIPSv2VisionBlock
 from keras_tipsv2.layers.vision_embedding import TIPSv2VisionEmbedding
 
@@ -28,10 +27,23 @@ def layer_scale_init_per_block(layer_scale_init, num_layers):
 class TIPSv2VisionEncoder(keras.layers.Layer):
     """The TIPSv2 image tower: embedding, pre-LN blocks, final LayerNorm.
 
-    Returns `{"cls_tokens": (B, k, D), "patch_tokens": (B, h, w, D)}`, both
-    after the final norm. Holds the ways the library runs the tower besides
-    the plain forward: with iBOT masks, with the MaskCLIP values trick in the
-    last block, and with intermediate outputs for the DPT heads.
+    Holds the ways the library runs the tower besides the plain forward:
+    with iBOT masks, with the MaskCLIP values trick in the last block, and
+    with intermediate outputs for the DPT heads. `TIPSv2Backbone` documents
+    the arguments (`vision_*`).
+
+    Call arguments:
+        images: (B, H, W, 3) floats in [0, 1]; sides that are not a multiple
+            of the patch are centre-padded.
+        masks: optional (B, h, w) bool patch mask (iBOT masking).
+        training: enables stochastic depth.
+        values_trick: None, "values" or "values_no_residual", applied in the
+            last block (`TIPSv2VisionBlock`).
+        attention_fn: passed to every block's attention (`TIPSv2Attention`).
+
+    Returns:
+        {"cls_tokens": (B, k, D), "patch_tokens": (B, h, w, D)}, both after
+        the final norm.
     """
 
     def __init__(
@@ -48,7 +60,6 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         layer_scale=False,
         layer_scale_init=1.0,
         drop_path_rate=0.0,
-        attention_implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,7 +75,6 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         self.layer_scale = layer_scale
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
-        self.attention_implementation = attention_implementation
         block_inits = layer_scale_init_per_block(layer_scale_init, num_layers)
         policy = self.dtype_policy
         self.embedding = TIPSv2VisionEmbedding(
@@ -86,13 +96,12 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 # Linear stochastic-depth schedule over depth (Scenic's).
                 drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
                 layer_norm_epsilon=layer_norm_epsilon,
-                attention_implementation=attention_implementation,
                 dtype=policy,
                 name=f"block_{i}",
             )
             for i in range(num_layers)
         ]
-        self.norm = TIPSv2LayerNorm(
+        self.norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="norm"
         )
 
@@ -119,7 +128,9 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
         p = self.patch_size
         return (shape[1] + p - 1) // p, (shape[2] + p - 1) // p
 
-    def call(self, images, masks=None, training=False, values_trick=None):
+    def call(
+        self, images, masks=None, training=False, values_trick=None, attention_fn=None
+    ):
         x = self.embedding(images, masks=masks)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -127,27 +138,38 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                 x,
                 training=training,
                 values_trick=values_trick if i == last else None,
+                attention_fn=attention_fn,
             )
         return self._split(self.norm(x), self._grid(images))
 
-    def intermediate_layers(self, images, indices):
+    def intermediate_layers(self, images, indices, attention_fn=None):
         """Outputs of the blocks at 0-based `indices`, each final-normed.
 
         What the official `get_intermediate_layers(..., norm=True)` returns
         and what the DPT heads read. Only the blocks up to the deepest index
         are run.
+
+        Args:
+            images: (B, H, W, 3).
+            indices: 0-based block indices in [0, num_layers).
+            attention_fn: passed to every block's attention.
+
+        Returns:
+            A list of {"cls_tokens", "patch_tokens"} dicts, one per index.
         """
-        indices = [int(i) % len(self.blocks) for i in indices]
+        indices = [int(i) for i in indices]
         wanted = set(indices)
         x = self.embedding(images)
         collected = {}
         for i, block in enumerate(self.blocks[: max(indices) + 1]):
-            x = block(x)
+            x = block(x, attention_fn=attention_fn)
             if i in wanted:
                 collected[i] = self._split(self.norm(x), self._grid(images))
         return [collected[i] for i in indices]
 
-    def compute_output_spec(self, images, masks=None, training=False, values_trick=None):
+    def compute_output_spec(
+        self, images, masks=None, training=False, values_trick=None, attention_fn=None
+    ):
         h, w = images.shape[1], images.shape[2]
         if h is not None:
             h = -(-h // self.patch_size)
@@ -186,7 +208,6 @@ class TIPSv2VisionEncoder(keras.layers.Layer):
                     else list(self.layer_scale_init)
                 ),
                 "drop_path_rate": self.drop_path_rate,
-                "attention_implementation": self.attention_implementation,
             }
         )
         return config

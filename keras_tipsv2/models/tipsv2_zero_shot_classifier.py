@@ -1,9 +1,10 @@
 from keras import ops
 
 from keras_tipsv2.layers.functional import l2_normalize
-
-from keras_tipsv2.models.prompt_templates import CLIP_IMAGENET_TEMPLATES
-from keras_tipsv2.models.prompt_templates import class_text_embeddings
+from keras_tipsv2.models.prompt_templates import class_text_embeddings, resolve_templates
+from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.models.tipsv2_image_converter import TIPSv2ImageConverter
+from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
 
 
 class TIPSv2ZeroShotClassifier:
@@ -24,15 +25,16 @@ class TIPSv2ZeroShotClassifier:
     Args:
         backbone: a `TIPSv2Backbone`.
         tokenizer: a `TIPSv2Tokenizer` (or any callable with its contract).
-        image_converter: optional `TIPSv2ImageConverter`; with it, images may
-            be raw (uint8 arrays, PIL images, paths); without it they must be
-            (B, H, W, 3) floats in [0, 1].
+        image_converter: optional `TIPSv2ImageConverter`, which resizes the
+            images first (any size, a list of paths of different sizes);
+            without it images go to the backbone as they are: a (B, H, W, 3)
+            batch, uint8 or floats in [0, 1], or paths of one size.
         cls_index: 0 for CLS_1 (default), 1 for CLS_2.
 
     Example:
     ```python
-    classifier = TIPSv2ZeroShotClassifier(backbone, tokenizer, converter)
-    classifier.set_classes(["cat", "dog"], templates=TCL_TEMPLATES)
+    classifier = TIPSv2ZeroShotClassifier.from_preset("tipsv2_tiny_shapes")
+    classifier.set_classes(["red", "blue"], templates="tcl")
     probabilities = classifier.predict_proba(images)     # (B, 2)
     ```
     """
@@ -45,6 +47,17 @@ class TIPSv2ZeroShotClassifier:
         self.class_names = None
         self.class_embeddings = None
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, cls_index=0):
+        """A classifier on the backbone, tokenizer and image converter of a
+        preset: any preset `TIPSv2Backbone.from_preset` takes."""
+        return cls(
+            TIPSv2Backbone.from_preset(preset, load_weights=load_weights),
+            TIPSv2Tokenizer.from_preset(preset),
+            TIPSv2ImageConverter.from_preset(preset),
+            cls_index=cls_index,
+        )
+
     def _checked_cls_index(self, cls_index):
         num_cls = self.backbone.vision_num_cls_tokens
         if cls_index not in range(num_cls):
@@ -54,11 +67,18 @@ class TIPSv2ZeroShotClassifier:
             )
         return cls_index
 
-    def set_classes(self, class_names, templates=CLIP_IMAGENET_TEMPLATES):
-        """Computes and stores one text embedding per class: (C, D)."""
+    def set_classes(self, class_names, templates="imagenet"):
+        """Computes and stores one text embedding per class: (C, D).
+
+        Args:
+            class_names: list of names, one per class.
+            templates: "imagenet" (CLIP's 80 templates, the default), "tcl"
+                (the 9 of the segmentation protocol) or a list of strings
+                with one "{}" each.
+        """
         self.set_class_embeddings(
             class_text_embeddings(
-                self.backbone, self.tokenizer, class_names, templates
+                self.backbone, self.tokenizer, class_names, resolve_templates(templates)
             ),
             class_names,
         )

@@ -1,4 +1,4 @@
-"""Zero-shot semantic segmentation with TIPSv2 (tips_reference.md §4.1).
+"""Zero-shot semantic segmentation with TIPSv2.
 
 The protocol of the official notebook `TIPS_zeroshot_segmentation.ipynb`:
 short side -> 448 (bicubic), MaskCLIP values trick in the last block,
@@ -10,12 +10,21 @@ argmax.
 
 import numpy as np
 from keras import ops
-from PIL import Image
 
-from keras_tipsv2.layers import compiled_call
 from keras_tipsv2.layers.functional import l2_normalize
 from keras_tipsv2.models import prompt_templates
-from keras_tipsv2.models.tipsv2_image_converter import short_side_size
+from keras_tipsv2.models import tipsv2_inference
+from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
+from keras_tipsv2.models.tipsv2_image_converter import preset_image_size
+from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+from keras_tipsv2.models.tipsv2_images import (
+    as_float,
+    image_array,
+    image_as_array,
+    resize_bicubic,
+    short_side_size,
+    upsampled_scores,
+)
 
 _MODES = ("slide", "whole")
 _VALUES_TRICKS = ("values", "values_no_residual", None)
@@ -44,56 +53,6 @@ def sliding_windows(size, window, stride):
         end = min(i * stride + window, size)
         spans.append((max(end - window, 0), end))
     return spans
-
-
-def image_as_array(image):
-    """An RGB image (PIL, uint8 or float array) as float32 (H, W, 3) in [0, 1]."""
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(
-            f"Expected one RGB image of shape (height, width, 3); got {image.shape}."
-        )
-    if image.dtype == np.uint8:
-        return image.astype("float32") / 255.0
-    return image.astype("float32")
-
-
-def resize_bicubic(image, size):
-    """Resizes a (H, W, 3) image to `size` = (height, width) with PIL bicubic.
-
-    uint8 images go through PIL as RGB images, exactly as the reference
-    (torchvision on a PIL image); float images are resized channel by channel
-    in PIL's float mode so that nothing is quantised.
-    """
-    height, width = size
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        resized = Image.fromarray(image).resize((width, height), Image.BICUBIC)
-        return np.asarray(resized)
-    channels = [
-        np.asarray(
-            Image.fromarray(image[..., c].astype("float32")).resize(
-                (width, height), Image.BICUBIC
-            )
-        )
-        for c in range(image.shape[-1])
-    ]
-    return np.stack(channels, axis=-1)
-
-
-def upsampled_scores(scores, size):
-    """(h, w, C) class scores bilinearly resized (half-pixel) to `size`.
-
-    The protocol's final step before the argmax, at the annotation size.
-    Scores already of that size are returned as they are: a half-pixel
-    bilinear resize to the same size samples every pixel at its own centre.
-    """
-    scores = ops.convert_to_tensor(scores, "float32")
-    if tuple(scores.shape[:2]) == tuple(size):
-        return scores
-    return ops.image.resize(scores[None], size, interpolation="bilinear", antialias=False)[0]
 
 
 def labels_and_scores(scores, size):
@@ -158,7 +117,7 @@ class TIPSv2ZeroShotSegmenter:
 
     Example:
     ```python
-    segmenter = TIPSv2ZeroShotSegmenter.from_preset("tipsv2_l14")
+    segmenter = TIPSv2ZeroShotSegmenter.from_preset("tipsv2_tiny_shapes")
     segmenter.set_classes(["cat", "grass", "sky"])
     result = segmenter.segment(image)        # (H, W, 3) uint8 or [0, 1] floats
     result["labels"], result["scores"]       # (H, W), (H, W, 3)
@@ -186,13 +145,19 @@ class TIPSv2ZeroShotSegmenter:
         self.background_threshold = None
 
     @classmethod
-    def from_preset(cls, preset, **kwargs):
-        """Loads the backbone and tokenizer of a preset (name or local dir)."""
-        from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone
-        from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """A segmenter on the backbone and tokenizer of a preset.
 
+        Takes every preset `TIPSv2Backbone.from_preset` takes. The short
+        side and the window default to the preset's image size (448 for
+        the published models) and the stride to 3/4 of the window, the
+        protocol's 448 / 336; keyword arguments override them.
+        """
+        kwargs.setdefault("short_side", preset_image_size(preset))
+        kwargs.setdefault("window_size", kwargs["short_side"])
+        kwargs.setdefault("window_stride", max(1, kwargs["window_size"] * 3 // 4))
         return cls(
-            TIPSv2Backbone.from_preset(preset),
+            TIPSv2Backbone.from_preset(preset, load_weights=load_weights),
             TIPSv2Tokenizer.from_preset(preset),
             **kwargs,
         )
@@ -226,17 +191,8 @@ class TIPSv2ZeroShotSegmenter:
                 "set_classes needs a tokenizer; pass one to the constructor or "
                 "give precomputed embeddings to set_class_embeddings."
             )
-        if isinstance(templates, str):
-            named = {
-                "tcl": prompt_templates.TCL_TEMPLATES,
-                "imagenet": prompt_templates.CLIP_IMAGENET_TEMPLATES,
-            }
-            if templates not in named:
-                raise ValueError(
-                    f"templates must be 'tcl', 'imagenet' or a list; got {templates!r}."
-                )
-            templates = named[templates]
-        with compiled_call.inference_scope():
+        templates = prompt_templates.resolve_templates(templates)
+        with tipsv2_inference.inference_scope():
             embeddings = prompt_templates.class_text_embeddings(
                 self.backbone, self.tokenizer, list(class_names), list(templates)
             )
@@ -264,7 +220,7 @@ class TIPSv2ZeroShotSegmenter:
             raise ValueError(
                 f"Got {len(class_names)} class names for {num_classes} embeddings."
             )
-        with compiled_call.inference_scope():
+        with tipsv2_inference.inference_scope():
             self.class_embeddings = l2_normalize(embeddings)
         self.class_names = list(class_names)
         self.background_threshold = background_threshold
@@ -275,7 +231,8 @@ class TIPSv2ZeroShotSegmenter:
         """Segments one image into the classes set by `set_classes`.
 
         Args:
-            image: (H, W, 3) uint8 or float in [0, 1], or a PIL image.
+            image: (H, W, 3) uint8 or float in [0, 1], a PIL image or an
+                image file path.
             mode: "slide" (TCL windows, softmax per window, the reference
                 default) or "whole" (one pass, raw cosines).
             values_trick: "values" (TIPS), "values_no_residual" (MaskCLIP) or
@@ -295,11 +252,10 @@ class TIPSv2ZeroShotSegmenter:
             raise ValueError(
                 f"values_trick must be one of {_VALUES_TRICKS}; got {values_trick!r}."
             )
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+        image = image_array(image)
         original_size = np.asarray(image).shape[:2]
         size = tuple(int(n) for n in (output_size or original_size))
-        with compiled_call.inference_scope():
+        with tipsv2_inference.inference_scope():
             labels, scores = self._labels_and_scores(image, mode, values_trick, size)
         return {
             "labels": ops.convert_to_numpy(labels).astype("int32"),
@@ -325,20 +281,19 @@ class TIPSv2ZeroShotSegmenter:
                 return labels_and_scores(s, size)
 
         # Everything after the backbone passes runs as one compiled function
-        # per image geometry (benchmarks/RESULTS.md: on JAX these ops,
-        # dispatched one by one at image resolution, took longer than on
-        # TensorFlow by a second per image).
-        return compiled_call.compiled_function(self, (mode, geometry), finish, scores)
+        # per image geometry: on JAX, these ops dispatched one by one at image
+        # resolution cost more than the tower call itself.
+        return tipsv2_inference.compiled(self, (mode, geometry), finish)(scores)
 
     def _prepared_image(self, image):
         """Float (H', W', 3) with the short side resized as the protocol says."""
-        image = np.asarray(image)
-        image_as_array(image)  # validates the shape
+        image_as_array(image)  # validates the shape and the pixel values
         if self.short_side is not None:
             size = short_side_size(*image.shape[:2], self.short_side)
             if size != image.shape[:2]:
+                # uint8 stays uint8 through the resize, as in the reference.
                 image = resize_bicubic(image, size)
-        return image_as_array(image)
+        return as_float(image)
 
     def _patch_scores(self, images, values_trick):
         """(B, h, w, C) cosines of the patch tokens with the class embeddings.

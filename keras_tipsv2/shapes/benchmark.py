@@ -18,7 +18,7 @@ scale:
 * image->text and text->image recall@1 from CLS_1 and CLS_2 against the short
   captions (see `caption_relevance`).
 
-The prototype of issue 7 showed why the floor and the ceiling matter: with
+The floor and the ceiling matter: with
 objects of two or three patches even a perfect patch classifier is far from
 mIoU 1, and an untrained model scores about the floor.
 """
@@ -39,9 +39,7 @@ from keras_tipsv2.evaluation.pictures import segmentation_picture
 from keras_tipsv2.evaluation.retrieval import cosine_similarities
 from keras_tipsv2.models.prompt_templates import class_text_embeddings
 from keras_tipsv2.models.tipsv2_zero_shot_segmenter import TIPSv2ZeroShotSegmenter
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import image_as_array
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import resize_bicubic
-from keras_tipsv2.models.tipsv2_zero_shot_segmenter import upsampled_scores
+from keras_tipsv2.models.tipsv2_images import image_as_array, resize_bicubic, upsampled_scores
 from keras_tipsv2.evaluation.pca import pca_image
 
 VALUES_TRICKS = ("values", "values_no_residual")

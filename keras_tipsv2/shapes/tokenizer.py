@@ -5,7 +5,7 @@ would be mostly unused on a world of a hundred or so words anyway. This one
 is trained on what a ShapesWorld model ever reads: the captions of all three
 granularities and the zero-shot prompts (TCL and CLIP templates filled with
 every class name of every vocabulary). It follows the TIPS conventions
-(tips_reference.md, text tower): pad id 0, unk id 1, no BOS / EOS, lowercase
+(google-deepmind/tips, `pytorch/text_encoder.py`): pad id 0, unk id 1, no BOS / EOS, lowercase
 text, so it drops into `TIPSv2Tokenizer(proto=...)` unchanged.
 """
 

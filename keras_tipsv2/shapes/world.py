@@ -4,9 +4,9 @@ Unlimited, seeded and fast (NumPy rasterisation, about a millisecond per
 112 px image), so the whole library can be exercised offline: pretraining on
 its captions, zero-shot segmentation against its label maps.
 
-Objects are drawn large relative to the patch on purpose: a prototype found
+Objects are drawn large relative to the patch on purpose: a small study found
 that patch-text alignment of object *identity* (shape, not just colour) only
-emerges when an object covers several patches (issue 7). With the defaults
+emerges when an object covers several patches. With the defaults
 (112 px, radius 20-40 % of the side) an object spans 3-6 patches of 14 px.
 
 Label vocabularies (class 0 is always "background"):

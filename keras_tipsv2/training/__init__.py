@@ -30,3 +30,9 @@ from keras_tipsv2.training.distiller import TIPSv2Distiller
 from keras_tipsv2.training.pretrainer import TIPSv2Pretrainer
 from keras_tipsv2.training.schedules import cosine_increase, linear_warmup
 from keras_tipsv2.training.train_step import TIPSv2TrainingModel, clip_by_global_norm
+from keras_tipsv2.training.resumable_fit import (
+    IncompatibleRunError,
+    ResumableBackupAndRestore,
+    ResumableCSVLogger,
+    fit_resumable,
+)

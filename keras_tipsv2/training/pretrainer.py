@@ -57,9 +57,9 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
 
     One head, shared by DINO and the patch loss, as the -42 % parameter figure
     of the paper implies. Teacher temperatures warm up linearly; centres,
-    EMA weights and the step counter are weights, so `save_weights` /
-    `BackupAndRestore` keep them with the optimizer state (the masking
-    seed is not saved: Keras checkpoints skip SeedGenerator states).
+    EMA weights and the step counter are weights, so `save_weights` keeps
+    them with the optimizer state; the masking `SeedGenerator`'s state is
+    not a weight, and only `resumable_fit`'s checkpoints save it too.
 
     Batch format (a dict; `fit` may also get `(batch,)`):
         "images": (B, H, W, 3) float in [0, 1], the global view.

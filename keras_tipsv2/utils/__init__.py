@@ -1,0 +1,1 @@
+"""Framework-free helpers the rest of the package shares (nothing model-specific)."""
