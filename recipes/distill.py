@@ -1,6 +1,6 @@
 """Distil a smaller TIPSv2 student from a frozen teacher with `model.fit`.
 
-The TIPSv2 recipe for its small models (the TIPSv2 paper): frozen
+The TIPSv2 recipe for its small models (TIPSv2, arXiv 2604.12012): frozen
 teacher, randomly initialised student, no masking, a loss on every patch
 token and on the CLS tokens, plus the image-text contrastive loss against
 the teacher's (frozen) text tower. The student is exported as a KerasHub
@@ -18,12 +18,28 @@ step-exact resume are the pretraining recipe's (`common.py` beside this
 script, `keras_tipsv2.training.resumable_fit`): kill the run and start the
 same command again to resume; a folder made with other flags is refused.
 
-Student variants (`STUDENT_VARIANTS`) fix the towers' shapes; the patch
-size, position grid and text length come from the teacher, so the student
-reads the same images and tokens. With the teacher's text tower (the
+Student variants (`STUDENT_VARIANTS`) fix the towers' shapes, or take the
+teacher's architecture ("teacher") or the teacher's at half its width
+("half-width"), randomly initialised either way; the patch size, position
+grid and text length come from the teacher, so the student reads the same
+images and tokens. With the teacher's text tower (the
 default when the student has the teacher's width) the exported preset pairs
 the student's image tower with the teacher's text tower; a narrower student
 trains and exports its own text tower (--text-tower auto picks).
+
+--patch-supervision picks the student patch tokens the patch loss trains:
+all of them (the recipe), or with --mask-ratio > 0 only the masked ones
+(iBOT-style) or only the visible ones, the comparison behind the paper's
+finding that supervising every patch is what lets the student beat its
+teacher (`python recipes/ablate.py --study distillation` runs it).
+
+On ShapesWorld (no data flag) the student trains on the world of the tiny
+pretraining config (the shipped `tipsv2_tiny_shapes` preset's), and the run
+ends with `pretrain.py`'s held-out report for the student beside its
+teacher, on the same images: zero-shot segmentation mIoU per vocabulary
+(TIPS protocol and without the residual, with the floor and the patch
+oracle), zero-shot classification, retrieval R@1 (report.md,
+results.json).
 """
 
 import argparse
@@ -39,14 +55,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_tipsv2  # noqa: E402,F401  (registers the classes for from_preset)
-from keras_tipsv2.shapes import ShapesWorld  # noqa: E402
 from keras_tipsv2.data import make_pretraining_dataset  # noqa: E402
 from keras_tipsv2.data import tf_data_tokenizer  # noqa: E402
 from keras_tipsv2.models.tipsv2_backbone import TIPSv2Backbone  # noqa: E402
 from keras_tipsv2.training import resumable_fit  # noqa: E402
+from keras_tipsv2.training.distiller import PATCH_SUPERVISIONS  # noqa: E402
 from keras_tipsv2.training.distiller import TIPSv2Distiller  # noqa: E402
+from keras_tipsv2.utils import atomic_files  # noqa: E402
 
 import common  # noqa: E402  (recipes/common.py, beside this script)
+import pretrain  # noqa: E402  (the tiny config's ShapesWorld)
 
 # Tower shapes: (width, depth, heads, MLP width, text depth).
 STUDENT_VARIANTS = {
@@ -56,6 +74,10 @@ STUDENT_VARIANTS = {
     "l14": (1024, 24, 16, 4096, 12),
     "so400m14": (1152, 27, 16, 4304, 27),
 }
+# Students shaped after the teacher: its architecture, or at half its width.
+TEACHER_SHAPED = ("teacher", "half-width")
+# Students narrower than this take the SMALL (CPU) schedule.
+SMALL_WIDTH = 256
 # The training schedule and head of each scale.
 SMALL = dict(
     batch_size=64, steps_per_epoch=50, epochs=10, learning_rate=2e-3, train_samples=4096,
@@ -78,13 +100,18 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--teacher", required=True, help="teacher preset (name or local dir)")
-    parser.add_argument("--student-config", choices=sorted(STUDENT_VARIANTS), default="tiny")
+    parser.add_argument("--student-config", choices=sorted(STUDENT_VARIANTS) + list(TEACHER_SHAPED), default="tiny",
+                        help="a fixed shape, or the teacher's architecture ('teacher') or at half its width, random init")
     parser.add_argument("--student-init", help="initialise the student from this preset instead (overrides --student-config)")
     parser.add_argument("--mode", choices=["head", "features"], default="head")
     parser.add_argument("--feature-loss", choices=["cosine", "smooth_l1"], default="cosine")
     parser.add_argument("--text-tower", choices=["auto", "teacher", "student"], default="auto",
                         help="auto: the teacher's if the student has its width, else the student's own")
     parser.add_argument("--mask-ratio", type=float, default=0.0)
+    parser.add_argument("--patch-supervision", choices=list(PATCH_SUPERVISIONS), default="all",
+                        help="student patch tokens the patch loss trains; 'masked' / 'visible' need --mask-ratio > 0")
+    parser.add_argument("--patch-weight", type=float, default=2.0,
+                        help="weight of the patch loss (the recipe's 2; 0 distils the CLS tokens only, a control)")
     parser.add_argument("--caption-sampling", choices=["multi", "alt_text_only"], default="multi")
     parser.add_argument("--image-size", type=int, help="student resolution (default: the teacher preset's converter size, else 224)")
     parser.add_argument("--teacher-image-size", type=int, help="teacher resolution (default: the student's)")
@@ -99,17 +126,21 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: 1/2 epoch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=1, help="fit's verbosity (1: progress bar)")
+    parser.add_argument("--eval-images", type=int, default=200, help="held-out ShapesWorld images to score")
+    parser.add_argument("--no-eval", action="store_true", help="skip the ShapesWorld report")
     common.add_data_arguments(parser)
     args = parser.parse_args(argv)
     common.check_data_arguments(parser, args)
+    if args.patch_supervision != "all" and args.mask_ratio <= 0:
+        parser.error(f"--patch-supervision {args.patch_supervision} needs --mask-ratio > 0")
     return args
 
 
-def run_config(args):
-    """Schedule and head of this run: by student scale, --quick, overrides."""
+def run_config(args, student_width):
+    """Schedule and head of this run: by student width, --quick, overrides."""
     if args.quick:
         config = json.loads(json.dumps(QUICK))
-    elif args.student_config == "tiny" and not args.student_init:
+    elif student_width < SMALL_WIDTH:
         config = json.loads(json.dumps(SMALL))
     else:
         config = json.loads(json.dumps(LARGE))
@@ -129,6 +160,8 @@ def student_backbone(args, teacher, proto):
     images and tokens), or the --student-init preset."""
     if args.student_init:
         return TIPSv2Backbone.from_preset(args.student_init)
+    if args.student_config in TEACHER_SHAPED:
+        return teacher_shaped_student(teacher, proto, half_width=args.student_config == "half-width")
     width, depth, heads, mlp, text_depth = STUDENT_VARIANTS[args.student_config]
     return TIPSv2Backbone(
         vision_patch_size=teacher.vision_patch_size,
@@ -144,6 +177,27 @@ def student_backbone(args, teacher, proto):
         text_intermediate_dim=mlp,
         text_max_sequence_length=teacher.text_max_sequence_length,
     )
+
+
+def teacher_shaped_student(teacher, proto, half_width):
+    """A randomly initialised backbone of the teacher's config (LayerScale
+    and all), both towers at half the width and MLP width if asked."""
+    config = teacher.get_config()
+    config.pop("name", None)
+    config["text_vocabulary_size"] = max(
+        teacher.text_vocabulary_size, common.proto_vocabulary_size(proto)
+    )
+    if half_width:
+        for tower in ("vision", "text"):
+            width = config[f"{tower}_hidden_dim"] // 2
+            if width % config[f"{tower}_num_heads"]:
+                raise SystemExit(
+                    f"--student-config half-width: the {tower} tower's half width "
+                    f"{width} does not split into its {config[f'{tower}_num_heads']} heads."
+                )
+            config[f"{tower}_hidden_dim"] = width
+            config[f"{tower}_intermediate_dim"] //= 2
+    return TIPSv2Backbone.from_config(config)
 
 
 def chosen_text_tower(args, teacher, student):
@@ -170,6 +224,8 @@ def build_distiller(args, config, teacher, student, text_tower, plan):
         text_tower=text_tower,
         feature_loss=args.feature_loss,
         mask_ratio=args.mask_ratio,
+        patch_supervision=args.patch_supervision,
+        patch_weight=args.patch_weight,
         caption_sampling=args.caption_sampling,
         teacher_image_size=args.teacher_image_size,
         seed=args.seed,
@@ -243,30 +299,84 @@ def epoch_datasets(args, source, tokenizer, config, image_size, skip_counter=Non
     return epoch_dataset
 
 
+# --- Held-out report -----------------------------------------------------------
+
+
+def shapes_config(image_size):
+    """The tiny pretraining config's world at `image_size`, in the form
+    `pretrain.shapes_world` reads: the world the shipped tiny preset saw."""
+    return {"image_size": image_size, "world": pretrain.CONFIGS["tiny"]["world"]}
+
+
+# The teacher is frozen: the runs of one process (an ablation's) score it
+# once per (teacher, image size, image count).
+_TEACHER_EVALUATIONS = {}
+
+
+def held_out_evaluation(args, teacher, student, proto, image_size):
+    """{"student", "teacher"}: `evaluate_on_shapes` results of both on the
+    same held-out images of the training world."""
+    from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
+    from keras_tipsv2.shapes.benchmark import evaluate_on_shapes
+
+    tokenizer = TIPSv2Tokenizer(proto=proto, sequence_length=teacher.text_max_sequence_length)
+    held_out = pretrain.shapes_world(shapes_config(image_size), "validation")
+    num_images = 4 if args.quick else args.eval_images
+    key = (os.path.abspath(args.teacher) if os.path.isdir(args.teacher) else args.teacher,
+           image_size, num_images)  # fmt: skip
+    if key not in _TEACHER_EVALUATIONS:
+        _TEACHER_EVALUATIONS[key] = evaluate_on_shapes(teacher, tokenizer, held_out, num_images)
+    return {
+        "student": evaluate_on_shapes(student, tokenizer, held_out, num_images),
+        "teacher": _TEACHER_EVALUATIONS[key],
+    }
+
+
+def held_out_report(evaluation, info):
+    from keras_tipsv2.shapes.benchmark import markdown_comparison
+
+    supervision = f"{info['patch_supervision']} patch tokens supervised"
+    if not info["patch_weight"]:
+        supervision = "no patch loss"
+    if info["mask_ratio"]:
+        supervision += f", {info['mask_ratio']:g} of the student's patches masked"
+    return markdown_comparison(
+        {"student": evaluation["student"], "teacher": evaluation["teacher"]},
+        title=f"Distilled from {info['teacher']}: held-out ShapesWorld",
+    ) + (
+        f"\n**Training**: student {info['student']} ({supervision}); "
+        f"{info['steps']} steps of batch {info['batch_size']} at "
+        f"{info['image_size']} px, backend {info['backend']}; image-tower parameters "
+        f"{info['vision_parameters']['student']:,} (student) vs "
+        f"{info['vision_parameters']['teacher']:,} (teacher).\n"
+    )
+
+
 # --- Main ---------------------------------------------------------------------
 
 
 def main(argv=None):
     args = parse_args(argv)
-    config = run_config(args)
     output = args.output or common.default_output("distill", args.quick)
     backup_dir = common.start_run_folder(output, args.fresh)
     proto = teacher_tokenizer_proto(args)
+    keras.utils.set_random_seed(args.seed)
+    teacher = TIPSv2Backbone.from_preset(args.teacher)
+    student = student_backbone(args, teacher, proto)
+    # The schedule depends on the student's width: the models come first.
+    config = run_config(args, student.vision_hidden_dim)
     settings = common.run_settings(args, config)
     with common.refusing_other_runs(output):
         plan = resumable_fit.stored_plan(backup_dir, settings)
     if plan is None:
         schedule = {"steps_per_epoch": config["steps_per_epoch"], "epochs": config["epochs"]}
         plan = resumable_fit.save_plan(backup_dir, schedule, settings)
-    keras.utils.set_random_seed(args.seed)
-    teacher = TIPSv2Backbone.from_preset(args.teacher)
-    student = student_backbone(args, teacher, proto)
     text_tower = chosen_text_tower(args, teacher, student)
     model = build_distiller(args, config, teacher, student, text_tower, plan)
     image_size = training_image_size(args, teacher)
     # After the last reseed: tf.random.set_seed frees the tokenizer's op.
     tokenizer = tf_data_tokenizer(proto, teacher.text_max_sequence_length)
-    world = ShapesWorld(image_size=image_size, split="train", seed=args.seed)
+    world = pretrain.shapes_world(shapes_config(image_size), "train", seed=args.seed)
     source = common.raw_source(args, world, config["train_samples"])
     skips = common.skip_counter()
     total = plan["epochs"] * plan["steps_per_epoch"]
@@ -284,25 +394,43 @@ def main(argv=None):
             verbose=args.verbose,
         )
     seconds = time.perf_counter() - start_time
+    trained = result["end_step"] - result["start_step"]
+    distilled = model.student_backbone()
     preset = common.export_preset(
-        model.student_backbone(), os.path.join(output, "preset"), proto, image_size
+        distilled, os.path.join(output, "preset"), proto, image_size
     )
     info = {
         "teacher": args.teacher,
         "student": args.student_init or args.student_config,
         "mode": args.mode,
         "text_tower": text_tower,
+        "mask_ratio": args.mask_ratio,
+        "patch_supervision": args.patch_supervision,
+        "patch_weight": args.patch_weight,
         "backend": keras.backend.backend(),
         "steps": total,
+        "batch_size": config["batch_size"],
         "image_size": image_size,
         "start_step": result["start_step"],
         "train_seconds": seconds,
+        "seconds_per_step": seconds / trained if trained else None,
         "final_logs": common.final_logs(result),
         "skipped_examples": common.skip_totals(skips),
+        "vision_parameters": {
+            "student": distilled.vision_encoder.count_params(),
+            "teacher": teacher.vision_encoder.count_params(),
+        },
     }
-    common.write_results(output, {"train": info})
+    evaluation = None
+    if common.uses_shapes(args) and not args.no_eval:
+        evaluation = held_out_evaluation(args, teacher, distilled, proto, image_size)
+    common.write_results(output, {"train": info, "evaluation": evaluation})
     print(f"Student preset written to {preset}")
-    return {"output": output, "preset": preset, "train": info}
+    if evaluation is not None:
+        report = held_out_report(evaluation, info)
+        atomic_files.write_text(os.path.join(output, "report.md"), report)
+        print(report)
+    return {"output": output, "preset": preset, "train": info, "evaluation": evaluation}
 
 
 if __name__ == "__main__":

@@ -180,7 +180,9 @@ def test_features_of_a_narrower_student_are_projected_to_the_teachers_width():
     student_patch = rng.normal(size=(2, 2, 2, 32)).astype("float32")
     teacher_cls = ops.convert_to_numpy(model.feature_projection(student_cls))
     teacher_patch = rng.normal(size=(2, 2, 2, 48)).astype("float32")
-    cls_loss, patch_loss = model._feature_losses(student_cls, student_patch, teacher_cls, teacher_patch)
+    cls_loss, patch_loss = model._feature_losses(
+        student_cls, student_patch, teacher_cls, teacher_patch, None
+    )
     assert teacher_cls.shape == (2, 2, 48)
     assert float(cls_loss) == pytest.approx(0.0, abs=1e-6)
     assert float(patch_loss) > 0.1
@@ -218,10 +220,72 @@ def test_mask_ratio_masks_that_fraction_of_student_patches():
     assert unmasked._student_masks(np.zeros((3, 56, 56, 3), "float32")) is None
 
 
+def supervision_case(mode, patch_supervision):
+    """A distiller masking half the student's patches, the student's patch
+    tokens of a batch and the same tokens changed at the masked patches."""
+    model = TIPSv2Distiller(
+        tiny_teacher(), tiny_teacher(), mode=mode, mask_ratio=0.5, seed=0,
+        patch_supervision=patch_supervision, text_tower="student", **HEAD,
+    )  # fmt: skip
+    images = make_batch(batch=2)["images"]
+    masks = model._student_masks(images)
+    masked = ops.convert_to_numpy(masks)
+    teacher_cls, teacher_patch = model._teacher_tokens(images, masked.shape[1:])
+    student_patch = ops.convert_to_numpy(teacher_patch).copy()
+    changed = student_patch.copy()
+    changed[masked] += 3.0 * np.random.default_rng(0).normal(size=changed[masked].shape)
+    return model, masks, teacher_cls, teacher_patch, student_patch, changed
+
+
+def patch_losses(model, masks, teacher_cls, teacher_patch, *student_patches):
+    if model.mode == "features":
+        return [
+            float(model._feature_losses(teacher_cls, p, teacher_cls, teacher_patch, masks)[1])
+            for p in student_patches
+        ]
+    return [
+        float(model._head_losses(teacher_cls, p, teacher_cls, teacher_patch, masks, False)[1])
+        for p in student_patches
+    ]
+
+
+@pytest.mark.parametrize("mode", ["head", "features"])
+def test_visible_supervision_ignores_what_the_student_makes_of_masked_patches(mode):
+    model, masks, cls, patch, student, changed = supervision_case(mode, "visible")
+    before, after = patch_losses(model, masks, cls, patch, student, changed)
+    assert after == pytest.approx(before, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["head", "features"])
+@pytest.mark.parametrize("supervision", ["masked", "all"])
+def test_masked_and_all_token_supervision_see_the_masked_patches(mode, supervision):
+    model, masks, cls, patch, student, changed = supervision_case(mode, supervision)
+    before, after = patch_losses(model, masks, cls, patch, student, changed)
+    assert abs(after - before) > 1e-3
+
+
+def test_masked_supervision_of_features_averages_the_masked_tokens_only():
+    model, masks, cls, patch, student, changed = supervision_case("features", "masked")
+    got = patch_losses(model, masks, cls, patch, changed)[0]
+    m = ops.convert_to_numpy(masks).reshape(2, -1)
+    s = changed.reshape(*m.shape, -1)
+    t = ops.convert_to_numpy(patch).reshape(*m.shape, -1)
+    cosine = np.sum(s * t, -1) / np.linalg.norm(s, axis=-1) / np.linalg.norm(t, axis=-1)
+    want = np.mean([(1 - cosine[i])[m[i]].mean() for i in range(2)])
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("supervision", ["masked", "visible"])
+def test_token_subset_supervision_without_masking_is_a_clear_error(supervision):
+    with pytest.raises(ValueError, match="mask_ratio > 0"):
+        TIPSv2Distiller(tiny_teacher(), tiny_student(), patch_supervision=supervision)
+
+
 @pytest.mark.parametrize(
     "option, value",
-    [("mode", "logits"), ("text_tower", "none"), ("feature_loss", "l2"), ("mask_ratio", 1.0)],
-)
+    [("mode", "logits"), ("text_tower", "none"), ("feature_loss", "l2"), ("mask_ratio", 1.0),
+     ("patch_supervision", "some")],
+)  # fmt: skip
 def test_bad_options_are_clear_errors(option, value):
     with pytest.raises(ValueError, match=option):
         TIPSv2Distiller(tiny_teacher(), tiny_student(), **{option: value})
@@ -280,8 +344,19 @@ def write_teacher_preset(directory):
     return teacher
 
 
-def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_path):
+def load_distill_recipe():
     import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "distill.py")
+    spec = importlib.util.spec_from_file_location("distill_recipe", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_path):
+    import json
     import os
 
     from keras_tipsv2.models.tipsv2_tokenizer import TIPSv2Tokenizer
@@ -289,16 +364,20 @@ def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_pat
 
     keras.utils.set_random_seed(0)
     teacher = write_teacher_preset(str(tmp_path / "teacher"))
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "distill.py")
-    spec = importlib.util.spec_from_file_location("distill_recipe", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    out = recipe.main(
+    out = load_distill_recipe().main(
         ["--teacher", str(tmp_path / "teacher"), "--student-config", "tiny", "--quick",
          "--output", str(tmp_path / "run"), "--verbose", "0"]
     )  # fmt: skip
     assert out["train"]["text_tower"] == "teacher" and out["train"]["steps"] == 4
     assert os.path.exists(tmp_path / "run" / "log.csv")
+    # The held-out ShapesWorld report, the student beside its teacher.
+    student_miou = out["evaluation"]["student"]["segmentation"]["shape"]["values"]
+    teacher_miou = out["evaluation"]["teacher"]["segmentation"]["shape"]["values"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| | student | teacher | student − teacher |" in report
+    assert f"| mIoU shape, values (TIPS) | {100 * student_miou:.1f} | {100 * teacher_miou:.1f} |" in report
+    with open(tmp_path / "run" / "results.json") as f:
+        assert set(json.load(f)["evaluation"]) == {"student", "teacher"}
 
     student = TIPSv2Backbone.from_preset(out["preset"])
     # The student's 2-layer image tower, paired with the teacher's text tower.
@@ -315,3 +394,22 @@ def test_distill_recipe_exports_a_student_preset_that_segments_zero_shot(tmp_pat
     result = segmenter.segment(image, mode="whole")
     assert result["labels"].shape == (56, 56) and result["scores"].shape == (56, 56, 3)
     assert set(np.unique(result["labels"])) <= {0, 1, 2}
+
+
+def test_half_width_student_keeps_the_teachers_architecture_at_half_its_width():
+    from tests.spm_utils import tiny_spm_bytes
+
+    teacher = TIPSv2Backbone(
+        **tiny_backbone_kwargs(
+            vision_layer_scale=True, vision_layer_scale_init=[1e-5, 1.0], text_vocabulary_size=150
+        )
+    )
+    recipe = load_distill_recipe()
+    student = recipe.teacher_shaped_student(teacher, tiny_spm_bytes(), half_width=True)
+    assert (student.vision_hidden_dim, student.text_hidden_dim) == (16, 16)
+    assert (student.vision_intermediate_dim, student.text_intermediate_dim) == (32, 32)
+    config = student.get_config()
+    assert config["vision_layer_scale_init"] == [1e-5, 1.0]
+    assert config["vision_num_layers"] == 2 and config["vision_num_heads"] == 4
+    same = recipe.teacher_shaped_student(teacher, tiny_spm_bytes(), half_width=False)
+    assert same.count_params() == teacher.count_params()

@@ -153,10 +153,86 @@ def test_ibot_and_ibot_plus_plus_differ_only_in_visible_token_weights(rng):
     np.testing.assert_allclose(ib[1], ib[0], rtol=1e-7)
 
 
+def np_masked_and_visible_means(t, s, m, tau_s=0.1):
+    """Per image, one token at a time: the mean cross-entropy over its masked
+    tokens and over its visible tokens (0 where it has none)."""
+    masked_means, visible_means = [], []
+    k = t.shape[-1]
+    rows = zip(t.reshape(len(t), -1, k), s.reshape(len(s), -1, k), m.reshape(len(m), -1))
+    for ti, si, mi in rows:
+        ce = [np_ce(ti[j], si[j], tau_s) for j in range(len(mi))]
+        masked = [c for c, is_masked in zip(ce, mi) if is_masked]
+        visible = [c for c, is_masked in zip(ce, mi) if not is_masked]
+        masked_means.append(np.mean(masked) if masked else 0.0)
+        visible_means.append(np.mean(visible) if visible else 0.0)
+    return np.array(masked_means), np.array(visible_means)
+
+
+@pytest.mark.parametrize("visible_weight", [0.0, 1.0, 2.5])
+def test_visible_weight_averages_masked_and_visible_tokens_separately(patch_case, visible_weight):
+    # patch_case has an image with no masked token and images with 1 and 3
+    # of 4 masked: every branch of the per-image normalisation.
+    t, s, m = patch_case
+    got = ops.convert_to_numpy(losses.patch_loss(t, s, m, "ibot++", visible_weight=visible_weight))
+    masked, visible = np_masked_and_visible_means(t, s, m)
+    np.testing.assert_allclose(got, np.mean(masked + visible_weight * visible), rtol=1e-5)
+
+
+def test_visible_weight_zero_is_ibot(patch_case):
+    t, s, m = patch_case
+    got = ops.convert_to_numpy(losses.patch_loss(t, s, m, "ibot++", visible_weight=0.0))
+    np.testing.assert_allclose(got, np_patch_losses(t, s, m)[1], rtol=1e-6)
+
+
+def test_visible_weight_one_weighs_a_visible_token_three_times_a_masked_one_at_75_percent(rng):
+    # One image of 8 tokens, 6 masked: moving the cross-entropy of one token
+    # by d moves the loss by d / 6 (masked) or d / 2 (visible).
+    t = np_softmax(rng.normal(size=(1, 8, 5)))
+    s = rng.normal(size=(1, 8, 5))
+    m = np.array([[1, 1, 1, 1, 1, 1, 0, 0]], bool)
+
+    def moved_by(token):
+        s2 = s.copy()
+        s2[0, token] += 2.0 * rng.normal(size=5)
+        d = np_ce(t[0, token], s2[0, token], 0.1) - np_ce(t[0, token], s[0, token], 0.1)
+        before, after = (
+            float(ops.convert_to_numpy(losses.patch_loss(t, x, m, "ibot++", visible_weight=1.0)))
+            for x in (s, s2)
+        )
+        return (after - before) / d
+
+    np.testing.assert_allclose([moved_by(0), moved_by(7)], [1 / 6, 1 / 2], rtol=1e-4)
+
+
+def test_visible_mode_averages_visible_tokens_per_image(patch_case):
+    t, s, m = patch_case
+    got = ops.convert_to_numpy(losses.patch_loss(t, s, m, "visible"))
+    np.testing.assert_allclose(got, np.mean(np_masked_and_visible_means(t, s, m)[1]), rtol=1e-5)
+
+
+def test_supervised_patch_tokens_are_the_tokens_each_mode_trains():
+    m = np.array([[True, False, True]])
+    assert losses.supervised_patch_tokens(m, "ibot++") is None
+    for mode, trained in (("ibot", [[1, 0, 1]]), ("visible", [[0, 1, 0]])):
+        weights = ops.convert_to_numpy(losses.supervised_patch_tokens(m, mode))
+        np.testing.assert_array_equal(weights, trained)
+
+
 def test_patch_loss_rejects_unknown_mode(patch_case):
     t, s, m = patch_case
     with pytest.raises(ValueError, match="patch loss mode"):
         losses.patch_loss(t, s, m, "mae")
+
+
+@pytest.mark.parametrize(
+    "mode, visible_weight, masks, message",
+    [("ibot", 1.0, True, "only applies to the 'ibot\\+\\+'"), ("ibot++", -1.0, True, ">= 0"),
+     ("ibot++", 1.0, None, "needs the student's masks"), ("ibot", None, None, "needs the student's masks")],
+)  # fmt: skip
+def test_patch_loss_bad_arguments_are_clear_errors(patch_case, mode, visible_weight, masks, message):
+    t, s, m = patch_case
+    with pytest.raises(ValueError, match=message):
+        losses.patch_loss(t, s, m if masks else None, mode, visible_weight=visible_weight)
 
 
 def test_koleo_matches_numpy(rng):

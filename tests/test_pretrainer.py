@@ -189,3 +189,30 @@ def test_mixed_bfloat16_step_runs_with_ibot_and_dino_centres():
     assert model.student_head.prototypes.dtype == "float32"
     assert np.abs(ops.convert_to_numpy(model.cls_center)).sum() > 0
     assert np.abs(ops.convert_to_numpy(model.patch_center)).sum() > 0
+
+
+def patch_loss_of(masks, **overrides):
+    """The patch loss term of a fresh pretrainer on a batch with given masks
+    (DINO centres, not updated: the targets ignore which tokens are trained)."""
+    model = make_pretrainer(centering="centering", **overrides)
+    batch = dict(make_batch(batch=2, crops=False), masks=masks)
+    return float(model.compute_losses(batch, training=False)[1]["patch_loss"])
+
+
+def test_separately_normalised_patch_loss_is_masked_mean_plus_weighted_visible_mean():
+    masks = np.array([[[1, 1], [1, 0]], [[1, 0], [0, 0]]], bool)
+    masked = patch_loss_of(masks, patch_loss="ibot")
+    visible = patch_loss_of(masks, patch_loss="visible")
+    assert masked != pytest.approx(visible, rel=1e-3)
+    assert patch_loss_of(masks, patch_visible_weight=0.0) == pytest.approx(masked, rel=1e-5)
+    assert patch_loss_of(masks, patch_visible_weight=2.0) == pytest.approx(
+        masked + 2.0 * visible, rel=1e-5
+    )
+
+
+def test_visible_weight_needs_the_ibot_plus_plus_loss_and_survives_the_config():
+    backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
+    with pytest.raises(ValueError, match="patch_visible_weight"):
+        TIPSv2Pretrainer(backbone, patch_loss="ibot", patch_visible_weight=1.0, **HEAD)
+    model = TIPSv2Pretrainer(backbone, patch_visible_weight=1.0, **HEAD)
+    assert model.get_config()["patch_visible_weight"] == 1.0

@@ -15,6 +15,7 @@ from keras_tipsv2.evaluation.miou import SegmentationScore
 from keras_tipsv2.shapes.benchmark import caption_relevance
 from keras_tipsv2.shapes.benchmark import classification_chance
 from keras_tipsv2.shapes.benchmark import evaluate_on_shapes
+from keras_tipsv2.shapes.benchmark import markdown_comparison
 from keras_tipsv2.shapes.benchmark import markdown_report
 from keras_tipsv2.shapes.benchmark import patch_majority_labels
 from keras_tipsv2.shapes.benchmark import patch_oracle_labels
@@ -234,6 +235,39 @@ def test_markdown_report_renders_every_number(tiny_results):
     recall = tiny_results["retrieval"]["cls_2"]["text_to_image@1"]
     assert re.search(rf"\| text → image \| [\d.]+ \| {100 * recall:.1f} \|", report)
     assert report.count("\n| ") == 3 + 3 + 2 + 3  # headers + rows of the 3 tables
+
+
+def shifted(results, amount):
+    """A copy of `results` with every segmentation value raised by `amount`."""
+    copy = json.loads(json.dumps(results))
+    for row in copy["segmentation"].values():
+        row["values"] += amount
+        row["values_no_residual"] += amount
+    return copy
+
+
+def test_comparison_lines_up_two_models_and_the_first_ones_lead(tiny_results):
+    student = shifted(tiny_results, 0.125)
+    table = markdown_comparison({"student": student, "teacher": tiny_results}, title="S vs T")
+    assert table.startswith("## S vs T\n")
+    assert "| | student | teacher | student − teacher |" in table
+    row = tiny_results["segmentation"]["shape"]
+    expected = "| mIoU shape, values (TIPS) | {:.1f} | {:.1f} | +12.5 |".format(
+        100 * (row["values"] + 0.125), 100 * row["values"]
+    )
+    assert expected in table
+    recall = tiny_results["retrieval"]["cls_1"]["text_to_image@1"]
+    assert f"| R@1 text → image, CLS_1 | {100 * recall:.1f} | {100 * recall:.1f} | +0.0 |" in table
+    # 3 vocabularies x (2 mIoU + 2 classification) + 4 recalls, after the header.
+    assert table.count("\n| ") == 1 + 3 * 4 + 4
+
+
+def test_comparison_refuses_models_scored_on_other_images(tiny_results):
+    other = dict(tiny_results, num_images=tiny_results["num_images"] + 1)
+    with pytest.raises(ValueError, match="other images"):
+        markdown_comparison({"a": tiny_results, "b": other})
+    with pytest.raises(ValueError, match="at least two"):
+        markdown_comparison({"a": tiny_results})
 
 
 def test_unknown_vocabulary_is_rejected(tiny_backbone, tokenizer):

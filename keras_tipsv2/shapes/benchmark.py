@@ -437,6 +437,77 @@ def markdown_report(results, title="ShapesWorld held-out evaluation"):
     return "\n".join(lines) + "\n"
 
 
+def comparison_rows(results):
+    """[(label, value)] of one `evaluate_on_shapes` result, the numbers a
+    comparison of models lines up (scores in [0, 1])."""
+    rows = []
+    for vocabulary, row in results["segmentation"].items():
+        rows.append((f"mIoU {vocabulary}, values (TIPS)", row["values"]))
+        rows.append((f"mIoU {vocabulary}, values, no residual", row["values_no_residual"]))
+    for vocabulary, row in results["classification"].items():
+        rows.append((f"classification {vocabulary}, CLS_1", row["cls_1"]))
+        rows.append((f"classification {vocabulary}, CLS_2", row["cls_2"]))
+    for token in CLS_NAMES:
+        for key, label in (("image_to_text@1", "image → text"), ("text_to_image@1", "text → image")):
+            rows.append((f"R@1 {label}, {token.upper()}", results["retrieval"][token][key]))
+    return rows
+
+
+def markdown_comparison(named_results, title="ShapesWorld held-out comparison"):
+    """A Markdown table of several models' `evaluate_on_shapes` results on
+    the same images (numbers in %), the first model's lead over the second
+    in the last column, then the floors and ceilings.
+
+    Args:
+        named_results: {name: results}, at least two, all scored on the same
+            held-out images (same split, count and label size).
+        title: the heading.
+
+    Returns:
+        The Markdown text.
+    """
+    names = list(named_results)
+    if len(names) < 2:
+        raise ValueError(f"markdown_comparison needs at least two models; got {names}.")
+    first = named_results[names[0]]
+    keys = ("split", "num_images", "label_size", "templates")
+    for name in names[1:]:
+        other = named_results[name]
+        if any(other[k] != first[k] for k in keys):
+            raise ValueError(
+                f"{name!r} was scored on other images than {names[0]!r}: "
+                f"{ {k: other[k] for k in keys} } vs { {k: first[k] for k in keys} }."
+            )
+    columns = [comparison_rows(named_results[n]) for n in names]
+    lines = [
+        f"## {title}",
+        "",
+        f"{first['num_images']} held-out images ({first['split']} split) at "
+        f"{first['label_size']} px, templates: {_templates_label(first['templates'])}.",
+        "",
+        "| | " + " | ".join(names) + f" | {names[0]} − {names[1]} |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for index, (label, _) in enumerate(columns[0]):
+        values = [column[index][1] for column in columns]
+        cells = [_percent(v) for v in values] + [f"{100 * (values[0] - values[1]):+.1f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    floors = ", ".join(
+        f"{v} {_percent(r['background'])} / {_percent(r['oracle'])}"
+        for v, r in first["segmentation"].items()
+    )
+    chance = ", ".join(
+        f"{v} {_percent(r['chance'])}" for v, r in first["classification"].items()
+    )
+    lines += [
+        "",
+        f"All-background floor / patch oracle mIoU: {floors}. Classification "
+        f"chance: {chance}. Retrieval among {first['retrieval']['num_texts']} "
+        "distinct short captions.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _templates_label(templates):
     if isinstance(templates, str):
         return templates

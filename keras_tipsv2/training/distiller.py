@@ -18,6 +18,9 @@ from keras_tipsv2.training.train_step import TIPSv2TrainingModel
 
 DISTILLATION_MODES = ("head", "features")
 TEXT_TOWERS = ("teacher", "student")
+# Which student patch tokens the patch loss trains, and the patch loss mode
+# (`losses.patch_loss`) that trains them.
+PATCH_SUPERVISIONS = {"all": "ibot++", "masked": "ibot", "visible": "visible"}
 LOG_NAMES = ("loss", "contrastive_loss", "cls_loss", "patch_loss", "temperature")
 
 
@@ -34,7 +37,7 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
     """TIPSv2 distillation: a student image tower learns a frozen teacher's
     CLS and patch tokens, while staying aligned with a text tower.
 
-    The TIPSv2 recipe for its small models (training_recipe.md §2.1): a
+    The TIPSv2 recipe for its small models (TIPSv2, arXiv 2604.12012): a
     frozen pretrained teacher (not an EMA), a randomly initialised student,
     no masking, and a loss on *every* patch token, which is what makes the
     students beat their teacher at patch-text alignment.
@@ -46,7 +49,8 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
        antialiased) to the student's grid.
     2. The student encodes the same images; with `mask_ratio > 0` a random
        fraction of its patches is replaced by the mask token first.
-    3. Distillation on both CLS tokens and on all patch tokens:
+    3. Distillation on both CLS tokens and on the patch tokens that
+       `patch_supervision` names (all of them by default):
        - mode="head": the teacher head turns teacher tokens into targets
          over K prototypes (DINO centring or Sinkhorn-Knopp, tau_t), and the
          student head is trained on the student tokens with the DINO /
@@ -103,6 +107,11 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
         caption_sampling: "multi" (CLS_2 <-> batch["caption"]) or
             "alt_text_only".
         mask_ratio: fraction of the student's patches masked (0.0).
+        patch_supervision: which student patch tokens the patch loss trains:
+            "all" (the recipe), "masked" (iBOT-style, masked tokens only) or
+            "visible" (visible tokens only). The last two need
+            `mask_ratio > 0`; each image's loss is the mean over its
+            supervised tokens.
         teacher_image_size: side the teacher sees the images at (square
             bilinear resize); None = the student's input size.
         contrastive_weight, cls_weight, patch_weight: loss weights (1, 1, 2).
@@ -139,6 +148,7 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
         student_temperature=0.1,
         caption_sampling="multi",
         mask_ratio=0.0,
+        patch_supervision="all",
         teacher_image_size=None,
         contrastive_weight=1.0,
         cls_weight=1.0,
@@ -154,8 +164,15 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
         check_choice("caption_sampling", caption_sampling, CAPTION_SAMPLINGS)
         if teacher is student:
             raise ValueError("The teacher and the student must be different backbones.")
+        check_choice("patch_supervision", patch_supervision, tuple(PATCH_SUPERVISIONS))
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1); got {mask_ratio}.")
+        if patch_supervision != "all" and mask_ratio <= 0.0:
+            raise ValueError(
+                f"patch_supervision={patch_supervision!r} needs masked student "
+                f"patches (mask_ratio > 0); got mask_ratio={mask_ratio}. Without "
+                "masking every token is visible: use patch_supervision='all'."
+            )
         if teacher_head is not None and mode != "head":
             raise ValueError("teacher_head is only used with mode='head'.")
         super().__init__(log_names=LOG_NAMES, gradient_clip_norm=gradient_clip_norm, **kwargs)
@@ -213,6 +230,7 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
         self.student_temperature = student_temperature
         self.caption_sampling = caption_sampling
         self.mask_ratio = mask_ratio
+        self.patch_supervision = patch_supervision
         self.teacher_image_size = teacher_image_size
         self.contrastive_weight = contrastive_weight
         self.cls_weight = cls_weight
@@ -289,7 +307,13 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
 
     # === Losses ===
 
-    def _head_losses(self, student_cls, student_patch, teacher_cls, teacher_patch, training):
+    def _patch_loss_mode(self):
+        return PATCH_SUPERVISIONS[self.patch_supervision]
+
+    def _head_losses(
+        self, student_cls, student_patch, teacher_cls, teacher_patch, masks, training
+    ):
+        mode = self._patch_loss_mode()
         cls_targets, patch_targets = teacher_targets(
             self.teacher_head(teacher_cls),
             self.teacher_head(teacher_patch),
@@ -299,6 +323,7 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
             self.patch_center,
             self.center_momentum,
             self.sinkhorn_iterations,
+            patch_weights=losses.supervised_patch_tokens(masks, mode),
             update_centers=training,
         )
         cls_loss = distribution.batch_mean(
@@ -307,36 +332,39 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
             )
         )
         patch_loss = losses.patch_loss(
-            patch_targets, self.student_head(student_patch), None, "ibot++",
+            patch_targets, self.student_head(student_patch), masks, mode,
             self.student_temperature,
         )  # fmt: skip
         return cls_loss, patch_loss
 
-    def _feature_losses(self, student_cls, student_patch, teacher_cls, teacher_patch):
+    def _feature_losses(self, student_cls, student_patch, teacher_cls, teacher_patch, masks):
         if self.feature_projection is not None:
             student_cls = self.feature_projection(student_cls)
             student_patch = self.feature_projection(student_patch)
         return (
             losses.feature_matching_loss(student_cls, teacher_cls, self.feature_loss),
-            losses.feature_matching_loss(student_patch, teacher_patch, self.feature_loss),
-        )
+            losses.feature_matching_loss(
+                student_patch, teacher_patch, self.feature_loss,
+                token_weights=losses.supervised_patch_tokens(masks, self._patch_loss_mode()),
+            ),
+        )  # fmt: skip
 
     def compute_losses(self, batch, training=True):
         check_image_text_batch(batch, self.caption_sampling, type(self).__name__)
         images = batch["images"]
-        student = self.student.encode_images(
-            images, masks=self._student_masks(images), training=training
-        )
+        masks = self._student_masks(images)
+        student = self.student.encode_images(images, masks=masks, training=training)
         teacher_cls, teacher_patch = self._teacher_tokens(
             images, student["patch_tokens"].shape[1:3]
         )
         if self.mode == "head":
             cls_loss, patch_loss = self._head_losses(
-                student["cls_tokens"], student["patch_tokens"], teacher_cls, teacher_patch, training
-            )
+                student["cls_tokens"], student["patch_tokens"], teacher_cls, teacher_patch,
+                masks, training,
+            )  # fmt: skip
         else:
             cls_loss, patch_loss = self._feature_losses(
-                student["cls_tokens"], student["patch_tokens"], teacher_cls, teacher_patch
+                student["cls_tokens"], student["patch_tokens"], teacher_cls, teacher_patch, masks
             )
         cls_tokens = student["cls_tokens"]
         if self.text_projection is not None:
@@ -424,6 +452,7 @@ class TIPSv2Distiller(TIPSv2TrainingModel):
             "student_temperature": self.student_temperature,
             "caption_sampling": self.caption_sampling,
             "mask_ratio": self.mask_ratio,
+            "patch_supervision": self.patch_supervision,
             "teacher_image_size": self.teacher_image_size,
             "contrastive_weight": self.contrastive_weight,
             "cls_weight": self.cls_weight,

@@ -185,36 +185,80 @@ def dino_cls_loss(teacher_probabilities, student_logits, student_temperature=0.1
     return distribution.batch_mean(ce)
 
 
-PATCH_LOSSES = ("ibot++", "ibot")
+PATCH_LOSSES = ("ibot++", "ibot", "visible")
 
 
-def patch_loss(teacher_probabilities, student_logits, masks, mode="ibot++", student_temperature=0.1):
+def _mean_over_selected_tokens(ce, selected):
+    """Each image's mean of `ce` (B, N) over its tokens where `selected` (B,
+    N) is 1 (0 for an image with none), then the mean over images."""
+    per_image = ops.sum(ce * selected, axis=1) / ops.maximum(ops.sum(selected, axis=1), 1.0)
+    return distribution.batch_mean(per_image)
+
+
+def patch_loss(
+    teacher_probabilities,
+    student_logits,
+    masks,
+    mode="ibot++",
+    student_temperature=0.1,
+    visible_weight=None,
+):
     """iBOT++ (TIPSv2) or iBOT (TIPS v1 / DINOv2) patch-level loss.
 
     Args:
         teacher_probabilities: (B, N, K) or (B, h, w, K) targets from the
             clean image.
         student_logits: same shape, head logits of the masked image.
-        masks: (B, N) or (B, h, w) bool, True = masked for the student.
-        mode: "ibot++": every token counts, uniform mean over the N tokens
-            of an image, then mean over images. "ibot": only masked tokens
-            count, each image's sum is divided by its own masked count (0
-            for an image without masked tokens), then mean over images.
+        masks: (B, N) or (B, h, w) bool, True = masked for the student; may
+            be None for "ibot++" without `visible_weight`.
+        mode: "ibot++": every token counts; "ibot": only masked tokens
+            count; "visible": only visible (unmasked) tokens count, the part
+            of iBOT++ that iBOT lacks (a distillation ablation).
         student_temperature: tau_s (0.1).
+        visible_weight: "ibot++" only. None: the paper's Eq. 3, a uniform
+            mean over the N tokens of an image (at mask ratio r the masked
+            tokens carry r of the loss). A number w: masked and visible
+            tokens are averaged separately and an image's loss is
+            mean_masked + w * mean_visible, as lightly's
+            `IBOTPlusPlusPatchLoss` does; w = 0 is iBOT, and at r = 0.75,
+            w = 1 weighs a visible token 3x a masked one.
 
     Returns:
-        Scalar loss.
+        Scalar loss: per image as above ("ibot" and "visible" divide an
+        image's sum by its own count of such tokens, 0 for an image without
+        any), then the mean over images.
     """
     if mode not in PATCH_LOSSES:
         raise ValueError(f"patch loss mode must be one of {PATCH_LOSSES}; got {mode!r}.")
+    if visible_weight is not None and mode != "ibot++":
+        raise ValueError(
+            f"visible_weight only applies to the 'ibot++' patch loss; got mode {mode!r}."
+        )
+    if visible_weight is not None and visible_weight < 0:
+        raise ValueError(f"visible_weight must be >= 0; got {visible_weight}.")
     ce = teacher_student_cross_entropy(teacher_probabilities, student_logits, student_temperature)
     batch = ops.shape(ce)[0]
     ce = ops.reshape(ce, (batch, -1))
-    if mode == "ibot++":
+    if mode == "ibot++" and visible_weight is None:
         return distribution.batch_mean(ops.mean(ce, axis=1))
-    m = ops.reshape(ops.cast(masks, "float32"), (batch, -1))
-    per_image = ops.sum(ce * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
-    return distribution.batch_mean(per_image)
+    if masks is None:
+        raise ValueError(f"The {mode!r} patch loss needs the student's masks; got None.")
+    masked = ops.reshape(ops.cast(masks, "float32"), (batch, -1))
+    if mode == "ibot":
+        return _mean_over_selected_tokens(ce, masked)
+    visible = _mean_over_selected_tokens(ce, 1.0 - masked)
+    if mode == "visible":
+        return visible
+    return _mean_over_selected_tokens(ce, masked) + visible_weight * visible
+
+
+def supervised_patch_tokens(masks, mode="ibot++"):
+    """(B, ...) 0/1 weights of the tokens `patch_loss` trains, or None for
+    all of them: the rows the teacher's centre or Sinkhorn-Knopp should see."""
+    if mode == "ibot++" or masks is None:
+        return None
+    masked = ops.cast(masks, "float32")
+    return masked if mode == "ibot" else 1.0 - masked
 
 
 def koleo_loss(embeddings, epsilon=1e-8):
@@ -242,7 +286,9 @@ def koleo_loss(embeddings, epsilon=1e-8):
 FEATURE_LOSSES = ("cosine", "smooth_l1")
 
 
-def feature_matching_loss(student_features, teacher_features, mode="cosine", beta=1.0):
+def feature_matching_loss(
+    student_features, teacher_features, mode="cosine", beta=1.0, token_weights=None
+):
     """Direct feature distillation: student tokens toward teacher tokens.
 
     Args:
@@ -253,6 +299,10 @@ def feature_matching_loss(student_features, teacher_features, mode="cosine", bet
             "smooth_l1": mean over tokens and channels of the smooth-L1
             (Huber) distance, quadratic below `beta`, linear above.
         beta: the smooth-L1 threshold.
+        token_weights: optional 0/1 weights, the token axes of the features
+            with a leading batch axis (e.g. (B, h, w)): then each image's
+            mean runs over its tokens of weight 1 (0 for none), followed by
+            the mean over images.
 
     Returns:
         Scalar loss, 0 when the student equals the teacher.
@@ -262,10 +312,17 @@ def feature_matching_loss(student_features, teacher_features, mode="cosine", bet
     student = _f32(student_features)
     teacher = _f32(_no_grad(teacher_features))
     if mode == "cosine":
-        cosine = ops.sum(l2_normalize(_f32(student)) * l2_normalize(_f32(teacher)), axis=-1)
-        return distribution.batch_mean(1.0 - cosine)
-    difference = ops.abs(student - teacher)
-    huber = ops.where(
-        difference < beta, 0.5 * ops.square(difference) / beta, difference - 0.5 * beta
+        per_token = 1.0 - ops.sum(l2_normalize(student) * l2_normalize(teacher), axis=-1)
+    else:
+        difference = ops.abs(student - teacher)
+        huber = ops.where(
+            difference < beta, 0.5 * ops.square(difference) / beta, difference - 0.5 * beta
+        )
+        per_token = ops.mean(huber, axis=-1)
+    if token_weights is None:
+        return distribution.batch_mean(per_token)
+    batch = ops.shape(per_token)[0]
+    return _mean_over_selected_tokens(
+        ops.reshape(per_token, (batch, -1)),
+        ops.reshape(_f32(token_weights), (batch, -1)),
     )
-    return distribution.batch_mean(huber)

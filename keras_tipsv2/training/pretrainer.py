@@ -38,7 +38,7 @@ def _float_weights(layer):
 class TIPSv2Pretrainer(TIPSv2TrainingModel):
     """TIPSv2 pretraining: dual contrastive + DINO + iBOT++ with head-only EMA.
 
-    Per batch (training_recipe.md §7):
+    Per batch:
     1. The clean image goes once through the backbone, with gradient: its
        CLS_1 / CLS_2 feed the dual contrastive loss (CLS_1 <-> alt-text,
        CLS_2 <-> caption), and, under `stop_gradient`, the EMA teacher head
@@ -76,7 +76,12 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         backbone: a `TIPSv2Backbone`.
         head_hidden_dim, head_bottleneck_dim, num_prototypes, head_num_layers:
             projection head shape (2048, 256, 32768, 3).
-        patch_loss: "ibot++" (TIPSv2) or "ibot" (masked tokens only).
+        patch_loss: "ibot++" (TIPSv2), "ibot" (masked tokens only) or
+            "visible" (visible tokens only, an ablation).
+        patch_visible_weight: "ibot++" only; None (default) averages every
+            token alike, as the paper's Eq. 3; a number w averages masked
+            and visible tokens separately, mean_masked + w * mean_visible
+            (see `losses.patch_loss`).
         ema: "head" (TIPSv2) or "full" (TIPS v1).
         ema_momentum: fixed teacher momentum (0.996).
         caption_sampling: "multi" (CLS_2 <-> batch["caption"]) or
@@ -104,6 +109,7 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         num_prototypes=32768,
         head_num_layers=3,
         patch_loss="ibot++",
+        patch_visible_weight=None,
         ema="head",
         ema_momentum=0.996,
         caption_sampling="multi",
@@ -125,6 +131,11 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         **kwargs,
     ):
         check_choice("patch_loss", patch_loss, losses.PATCH_LOSSES)
+        if patch_visible_weight is not None and patch_loss != "ibot++":
+            raise ValueError(
+                "patch_visible_weight only applies to patch_loss='ibot++'; got "
+                f"patch_loss={patch_loss!r}."
+            )
         check_choice("ema", ema, EMA_MODES)
         check_choice("caption_sampling", caption_sampling, CAPTION_SAMPLINGS)
         check_choice("centering", centering, CENTERINGS)
@@ -175,6 +186,7 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         self.num_prototypes = num_prototypes
         self.head_num_layers = head_num_layers
         self.patch_loss = patch_loss
+        self.patch_visible_weight = patch_visible_weight
         self.ema = ema
         self.ema_momentum = ema_momentum
         self.caption_sampling = caption_sampling
@@ -254,7 +266,7 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
             self.patch_center,
             self.center_momentum,
             self.sinkhorn_iterations,
-            patch_weights=None if self.patch_loss == "ibot++" else masks,
+            patch_weights=losses.supervised_patch_tokens(masks, self.patch_loss),
             update_centers=training,
         )
 
@@ -295,8 +307,9 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
         )
         dino = losses.dino_cls_loss(cls_targets, student_cls, self.student_temperature)
         patch = losses.patch_loss(
-            patch_targets, student_patch, masks, self.patch_loss, self.student_temperature
-        )
+            patch_targets, student_patch, masks, self.patch_loss, self.student_temperature,
+            visible_weight=self.patch_visible_weight,
+        )  # fmt: skip
         koleo = (
             losses.koleo_loss(clean["cls_tokens"][:, 0])
             if self.koleo_weight
@@ -393,6 +406,7 @@ class TIPSv2Pretrainer(TIPSv2TrainingModel):
             "num_prototypes": self.num_prototypes,
             "head_num_layers": self.head_num_layers,
             "patch_loss": self.patch_loss,
+            "patch_visible_weight": self.patch_visible_weight,
             "ema": self.ema,
             "ema_momentum": self.ema_momentum,
             "caption_sampling": self.caption_sampling,
