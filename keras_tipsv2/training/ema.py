@@ -33,7 +33,7 @@ def ema_update(teacher_variables, student_variables, momentum):
 def copy_weights(target_variables, source_variables):
     """target <- source. `ops.copy` so JAX never aliases the two buffers
     (aliasing makes the first jitted step fail with "donate the same buffer
-    twice", kerashub_conventions.md §5.2)."""
+    twice")."""
     for target, source in zip(target_variables, source_variables):
         target.assign(ops.copy(source.value))
 
