@@ -24,6 +24,11 @@ crops of 98 px, 64-token texts) and reports:
   64 KiB is its own mapping, returned to the system when freed, and the
   peak RSS follows the memory in use (this slows the steps: the step times
   are for the comparison within a run only).
+* grad_peak_mib (torch only): the same high-water mark over one forward
+  and backward pass without the optimizer update, run after the steps:
+  the activations and gradients, the part remat acts on. (AdamW's update
+  needs temporaries of the size of the weights; where those are larger
+  than the activations, they set the step's peak with or without remat.)
 * built_rss_mib: the peak RSS before the first step (libraries, weights,
   optimizer state).
 * xla_temp_mib (JAX only): the temporaries XLA's buffer assignment gives
@@ -33,6 +38,8 @@ crops of 98 px, 64-token texts) and reports:
   that compiled step (compiled as `fit` compiles it, before the first
   step, so the peak RSS includes compiling); on torch and TensorFlow they
   run `train_on_batch`.
+* xla_grad_temp_mib (JAX only): the same for the gradient alone (forward
+  and backward, no optimizer update), the analogue of grad_peak_mib.
 
 Usage (from the repository root):
     KERAS_BACKEND=torch python benchmarks/bench_remat.py --json remat_torch.json
@@ -93,9 +100,42 @@ def jax_step(model, batch):
     def run_one_step():
         nonlocal state
         logs, state = compiled(state, batch)
-        return logs
+        return jax.block_until_ready(logs)  # JAX dispatches asynchronously
 
     return run_one_step, compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def xla_gradient_temp_mib(model, batch):
+    """XLA's temporaries for one forward and backward pass (JAX), the train
+    step without the optimizer update: the analogue of grad_peak_mib."""
+    import jax
+
+    def loss(trainable, non_trainable):
+        (total, _), _, _ = model._stateless(
+            trainable, non_trainable, lambda: model.compute_losses(batch, training=True)
+        )
+        return total
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    compiled = jax.jit(jax.grad(loss)).lower(trainable, non_trainable).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def torch_gradient_peak_mib(model, batch):
+    """What one forward and backward pass (the train step without the
+    optimizer update) adds at its peak to the memory resident before it
+    (torch): the part of the step that remat changes. The update comes
+    after the activations are freed, so when its own temporaries are the
+    larger, the whole step's peak hides the saving."""
+    model.zero_grad()  # frees the last step's gradients
+    before = status_mib("VmRSS")
+    reset_peak()
+    total, _ = model.compute_losses(batch, training=True)
+    total.backward()
+    peak = status_mib("VmHWM") - before
+    model.zero_grad()
+    return peak
 
 
 def run_case(args):
@@ -129,6 +169,10 @@ def run_case(args):
         built_rss_mib=built, peak_rss_mib=peak_rss_mib(), step_peak_mib=status_mib("VmHWM") - before,
         first_s=times[0], last_s=times[-1], loss=float(logs["loss"]),
     )  # fmt: skip
+    if keras.backend.backend() == "torch":
+        row["grad_peak_mib"] = torch_gradient_peak_mib(model, batch)
+    if keras.backend.backend() == "jax":
+        row["xla_grad_temp_mib"] = xla_gradient_temp_mib(model, batch)
     print("ROW " + json.dumps(row), flush=True)
 
 
@@ -157,13 +201,14 @@ def main():
         rows.append(json.loads(lines[-1][4:]))
         print(f"  remat={case:<3} peak {rows[-1]['peak_rss_mib']:.0f} MiB", flush=True)
     off, on = rows
-    for key in ("peak_rss_mib", "step_peak_mib", "xla_temp_mib"):
+    for key in ("peak_rss_mib", "step_peak_mib", "grad_peak_mib", "xla_temp_mib", "xla_grad_temp_mib"):
         if key in off:
             on[key.replace("_mib", "_saved_mib")] = off[key] - on[key]
     print()
     c.print_table(rows, ["remat", "backend", "batch", "built_rss_mib", "peak_rss_mib", "step_peak_mib",
-                         "step_peak_saved_mib", "xla_temp_mib", "xla_temp_saved_mib", "first_s", "last_s",
-                         "loss"])  # fmt: skip
+                         "step_peak_saved_mib", "grad_peak_mib", "grad_peak_saved_mib", "xla_temp_mib",
+                         "xla_temp_saved_mib", "xla_grad_temp_mib", "xla_grad_temp_saved_mib", "first_s",
+                         "last_s", "loss"])  # fmt: skip
     c.write_json(args.json, dict(machine=c.machine(), args=vars(args), rows=rows))
 
 

@@ -48,6 +48,10 @@ class TIPSv2Backbone(Backbone):
         vision_remat: in training calls, recompute each image-tower block
             in the backward pass instead of keeping its activations (less
             memory, about one more forward pass; not with stochastic depth).
+            On JAX on CPU, XLA's default scheduler orders ops for
+            concurrency and keeps the activations anyway; run with
+            `XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`
+            there to get the saving (benchmarks/RESULTS.md).
         text_vocabulary_size: 32000.
         text_hidden_dim, text_num_layers, text_num_heads,
         text_intermediate_dim: text tower shape (27 layers for So400m).
