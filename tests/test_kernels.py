@@ -9,7 +9,8 @@ from keras import ops
 from keras_tipsv2 import TIPSv2Backbone
 from keras_tipsv2 import kernels
 from keras_tipsv2.kernels import policy
-from keras_tipsv2.kernels.jax_cpu_attention import explicit_attention
+from keras_tipsv2.kernels import cpu_attention
+from keras_tipsv2.kernels.cpu_attention import attention_by_head_groups
 from tests.conftest import tiny_backbone_kwargs
 
 BACKEND = keras.config.backend()
@@ -70,19 +71,19 @@ def test_switching_off_turns_every_kernel_off_and_on_again(all_kernels_on):
 
 
 def test_one_kernel_can_be_switched_off_alone(all_kernels_on):
-    kernels.set_enabled(False, ["jax_cpu_attention"])
-    assert not kernels.active("jax_cpu_attention")
-    assert "jax_cpu_attention" not in policy.state()
+    kernels.set_enabled(False, ["cpu_attention"])
+    assert not kernels.active("cpu_attention")
+    assert "cpu_attention" not in policy.state()
 
 
 def test_the_environment_switches_kernels_off(monkeypatch, all_kernels_on):
     monkeypatch.setenv(policy.ENVIRONMENT_VARIABLE, "off")
     assert policy.state() == ()
-    monkeypatch.setenv(policy.ENVIRONMENT_VARIABLE, "-jax_cpu_attention")
-    assert not kernels.active("jax_cpu_attention")
+    monkeypatch.setenv(policy.ENVIRONMENT_VARIABLE, "-cpu_attention")
+    assert not kernels.active("cpu_attention")
     monkeypatch.setenv(policy.ENVIRONMENT_VARIABLE, "sometimes")
     with pytest.raises(ValueError, match=policy.ENVIRONMENT_VARIABLE):
-        kernels.active("jax_cpu_attention")
+        kernels.active("cpu_attention")
     monkeypatch.setenv(policy.ENVIRONMENT_VARIABLE, "on")
 
 
@@ -92,34 +93,54 @@ def test_unknown_kernel_names_are_refused():
 
 
 def test_describe_names_every_kernel_and_its_state(all_kernels_on):
-    kernels.set_enabled(False, ["jax_cpu_attention"])
+    kernels.set_enabled(False, ["cpu_attention"])
     text = kernels.describe()
     for name in policy.KERNELS:
         assert name in text
-    line = next(x for x in text.splitlines() if "jax_cpu_attention" in x)
-    expected = "switched off" if BACKEND == "jax" and CPU_ONLY else "platform"
+    line = next(x for x in text.splitlines() if "cpu_attention" in x)
+    expected = "switched off" if BACKEND in ("jax", "tensorflow") and CPU_ONLY else "platform"
     assert expected in line
 
 
 def test_attention_kernel_only_for_float32(all_kernels_on):
-    on = kernels.active("jax_cpu_attention")
-    assert (policy.attention_fn("float32") is explicit_attention) == on
+    on = kernels.active("cpu_attention")
+    assert (policy.attention_fn("float32") is attention_by_head_groups) == on
     assert policy.attention_fn("bfloat16") is None
 
 
 # --- The kernels ---------------------------------------------------------
 
 
-def test_explicit_attention_equals_the_backend_kernel():
+@pytest.fixture(params=["one head per step", "all heads per step"])
+def step_bytes(request, monkeypatch):
+    """Runs a test with loop steps of one (image, head) pair, then of all
+    of an image's heads (the test tensors have 3 heads of 7 tokens)."""
+    per_head = 7 * 7 * 4
+    budget = per_head if request.param == "one head per step" else 3 * per_head
+    monkeypatch.setattr(cpu_attention, "STEP_BYTES", budget)
+    return budget
+
+
+def test_heads_per_step_is_the_largest_divisor_that_fits(monkeypatch):
+    monkeypatch.setattr(cpu_attention, "STEP_BYTES", 12 * 2**20)
+    assert cpu_attention.heads_per_step(1025, 12) == 2  # 4.2 MB per head
+    assert cpu_attention.heads_per_step(257, 12) == 12
+    assert cpu_attention.heads_per_step(600, 12) == 6  # 1.44 MB: 8 would fit, 8 does not divide
+    assert cpu_attention.heads_per_step(4000, 12) == 1  # over budget: still one
+    assert cpu_attention.heads_per_step(1025, 7) == 1
+
+
+def test_head_groups_equal_the_backend_kernel(step_bytes):
     q, k, v = _qkv()
     expected = ops.dot_product_attention(q, k, v, scale=8**-0.5)
-    got = explicit_attention(q, k, v, 8**-0.5)
+    got = attention_by_head_groups(q, k, v, 8**-0.5)
+    assert tuple(got.shape) == tuple(expected.shape)
     np.testing.assert_allclose(
         ops.convert_to_numpy(got), ops.convert_to_numpy(expected), atol=1e-5, rtol=1e-5
     )
 
 
-def test_explicit_attention_gradients_equal_the_backend_kernels():
+def test_head_groups_gradients_equal_the_backend_kernels(step_bytes):
     q, k, v = _qkv(seed=1)
     weights = ops.convert_to_tensor(
         np.random.default_rng(2).standard_normal((2, 7, 3, 8)).astype("float32")
@@ -129,14 +150,16 @@ def test_explicit_attention_gradients_equal_the_backend_kernels():
         return lambda a, b, c: ops.sum(fn(a, b, c) * weights)
 
     fused = loss(lambda a, b, c: ops.dot_product_attention(a, b, c, scale=8**-0.5))
-    explicit = loss(lambda a, b, c: explicit_attention(a, b, c, 8**-0.5))
-    for got, expected in zip(_grads(explicit, q, k, v), _grads(fused, q, k, v)):
+    groups = loss(lambda a, b, c: attention_by_head_groups(a, b, c, 8**-0.5))
+    for got, expected in zip(_grads(groups, q, k, v), _grads(fused, q, k, v)):
         np.testing.assert_allclose(
             ops.convert_to_numpy(got), ops.convert_to_numpy(expected), atol=1e-4, rtol=1e-4
         )
 
 
-def test_towers_give_the_same_numbers_with_and_without_kernels(all_kernels_on):
+def test_towers_give_the_same_numbers_with_and_without_kernels(all_kernels_on, monkeypatch):
+    # One head per loop step, so the compiled towers run the kernel's loop.
+    monkeypatch.setattr(cpu_attention, "STEP_BYTES", 1)
     rng = np.random.default_rng(3)
     backbone = TIPSv2Backbone(**tiny_backbone_kwargs())
     images = rng.random((5, 28, 42, 3)).astype("float32")

@@ -14,15 +14,15 @@ import os
 
 import keras
 
-from keras_tipsv2.kernels import jax_cpu_attention
+from keras_tipsv2.kernels import cpu_attention
 
 ENVIRONMENT_VARIABLE = "KERAS_TIPSV2_KERNELS"
 
 # name -> (backends, what it does). Each applies on CPU-only hosts.
 KERNELS = {
-    "jax_cpu_attention": (
-        ("jax",),
-        "float32 image attention as explicit einsums (kernels.jax_cpu_attention)",
+    "cpu_attention": (
+        ("jax", "tensorflow"),
+        "float32 image attention a few heads at a time under XLA (kernels.cpu_attention)",
     ),
 }
 
@@ -132,6 +132,6 @@ def describe():
 def attention_fn(dtype):
     """The image tower's `attention_fn` for compiled inference in `dtype`,
     or None for `ops.dot_product_attention`."""
-    if active("jax_cpu_attention") and keras.backend.standardize_dtype(dtype) == "float32":
-        return jax_cpu_attention.explicit_attention
+    if active("cpu_attention") and keras.backend.standardize_dtype(dtype) == "float32":
+        return cpu_attention.attention_by_head_groups
     return None
