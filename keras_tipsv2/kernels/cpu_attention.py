@@ -10,8 +10,9 @@ run fastest on. A flash-attention kernel would go further (no logits at
 all); XLA:CPU has none, and this gets most of the way with plain ops.
 Measured on the whole tower in benchmarks/RESULTS.md ("Kernel A/B on the
 image tower, by CPU"). The policy passes it as the image tower's
-`attention_fn` in float32 compiled inference on CPU, on JAX and on
-TensorFlow (whose `encode_images` compiles with XLA too).
+`attention_fn` in float32 compiled inference with JAX on CPU. Written in
+`keras.ops`, it runs on every backend (TensorFlow's `encode_images`
+compiles with XLA too, but there it has been measured on one CPU only).
 """
 
 from keras import ops
