@@ -3,11 +3,10 @@
 A kernel is a faster way to compute what the layers already compute, kept
 only where an A/B of the whole tower measured at least 10 %, each CPU it
 was measured on listed in benchmarks/RESULTS.md ("Kernel A/B on the image
-tower, by CPU"). The
-platform is read once per process; the choice can be printed (`describe()`)
-and switched off, all at once or per kernel (`set_enabled`, or
-`KERAS_TIPSV2_KERNELS=off` in the environment). Training never takes them:
-only the models' inference calls ask.
+tower, by CPU"). The platform is read once per process; the choice can be
+printed (`describe()`) and switched off, all at once or per kernel
+(`set_enabled`, or `KERAS_TIPSV2_KERNELS=off` in the environment).
+Training never takes them: only the models' inference calls ask.
 """
 
 import functools
