@@ -98,14 +98,26 @@ def test_describe_names_every_kernel_and_its_state(all_kernels_on):
     for name in policy.KERNELS:
         assert name in text
     line = next(x for x in text.splitlines() if "cpu_attention" in x)
-    expected = "switched off" if BACKEND == "jax" and CPU_ONLY else "platform"
+    on_platform = BACKEND in policy.KERNELS["cpu_attention"][0] and CPU_ONLY
+    expected = "switched off" if on_platform else "platform"
     assert expected in line
 
 
 def test_attention_kernel_only_for_float32(all_kernels_on):
     on = kernels.active("cpu_attention")
-    assert (policy.attention_fn("float32") is attention_by_head_groups) == on
+    assert (policy.attention_fn("float32") is not None) == on
     assert policy.attention_fn("bfloat16") is None
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch never takes cpu_attention")
+def test_jax_loops_at_every_length_tensorflow_only_over_long_sequences(all_kernels_on):
+    if not kernels.active("cpu_attention"):
+        pytest.skip("cpu_attention is off on this platform")
+    expected = {
+        "jax": attention_by_head_groups,
+        "tensorflow": cpu_attention.attention_for_long_sequences,
+    }[BACKEND]
+    assert policy.attention_fn("float32") is expected
 
 
 # --- The kernels ---------------------------------------------------------
@@ -128,6 +140,28 @@ def test_heads_per_step_is_the_largest_divisor_that_fits(monkeypatch):
     assert cpu_attention.heads_per_step(600, 12) == 6  # 1.44 MB: 8 would fit, 8 does not divide
     assert cpu_attention.heads_per_step(4000, 12) == 1  # over budget: still one
     assert cpu_attention.heads_per_step(1025, 7) == 1
+
+
+def test_only_long_sequences_split_an_images_heads(monkeypatch):
+    monkeypatch.setattr(cpu_attention, "STEP_BYTES", 12 * 2**20)
+    assert cpu_attention.splits_heads(1025, 12)  # 448 px: 2 heads per step
+    assert cpu_attention.splits_heads(577, 12)  # 336 px: 6 heads per step
+    assert not cpu_attention.splits_heads(257, 12)  # 224 px: one image per step
+
+
+def test_long_sequence_attention_takes_the_loop_only_when_heads_split(step_bytes, monkeypatch):
+    calls = []
+    loop = cpu_attention.attention_by_head_groups
+    monkeypatch.setattr(
+        cpu_attention, "attention_by_head_groups", lambda *a: calls.append(1) or loop(*a)
+    )
+    q, k, v = _qkv()
+    expected = ops.dot_product_attention(q, k, v, scale=8**-0.5)
+    got = cpu_attention.attention_for_long_sequences(q, k, v, 8**-0.5)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(got), ops.convert_to_numpy(expected), atol=1e-5, rtol=1e-5
+    )
+    assert bool(calls) == (step_bytes < 3 * 7 * 7 * 4)
 
 
 def test_head_groups_equal_the_backend_kernel(step_bytes):

@@ -10,9 +10,11 @@ run fastest on. A flash-attention kernel would go further (no logits at
 all); XLA:CPU has none, and this gets most of the way with plain ops.
 Measured on the whole tower in benchmarks/RESULTS.md ("Kernel A/B on the
 image tower, by CPU"). The policy passes it as the image tower's
-`attention_fn` in float32 compiled inference with JAX on CPU. Written in
-`keras.ops`, it runs on every backend (TensorFlow's `encode_images`
-compiles with XLA too, but there it has been measured on one CPU only).
+`attention_fn` in float32 compiled inference on CPU: on JAX at every
+length, on TensorFlow (whose `encode_images` compiles with XLA too) only
+where an image's heads do not fit one step (`attention_for_long_sequences`),
+since at 257 tokens the loop over images never ran faster than
+TensorFlow's own kernel. Written in `keras.ops`, it runs on every backend.
 """
 
 from keras import ops
@@ -40,6 +42,13 @@ def heads_per_step(length, num_heads, itemsize=4):
     per_head = length * length * itemsize
     fitting = [g for g in range(1, num_heads + 1) if num_heads % g == 0 and g * per_head <= STEP_BYTES]
     return max(fitting, default=1)
+
+
+def splits_heads(length, num_heads, itemsize=4):
+    """Whether a step holds fewer than all of an image's heads, i.e. one
+    image's logits, `num_heads * length**2 * itemsize` bytes, overflow
+    `STEP_BYTES` (1,025 tokens and more for 12 heads; not 257)."""
+    return heads_per_step(length, num_heads, itemsize) < num_heads
 
 
 def attention_by_head_groups(query, key, value, scale):
@@ -86,3 +95,32 @@ def attention_by_head_groups(query, key, value, scale):
     out = ops.map(attend, (heads_major(scaled), heads_major(key), heads_major(value)))
     out = ops.reshape(out, (-1, num_heads, length, head_dim))
     return ops.transpose(out, (0, 2, 1, 3))
+
+
+def attention_for_long_sequences(query, key, value, scale):
+    """`attention_by_head_groups` where one image's heads overflow a step,
+    `ops.dot_product_attention` otherwise.
+
+    For backends where the loop pays only once it splits an image's heads
+    (TensorFlow's XLA: faster on the B/14 tower at 448 px, 1,025 tokens and
+    two heads per step; never faster at 224 px, 257 tokens and one image
+    per step; benchmarks/RESULTS.md).
+
+    Args:
+        query, key, value: (B, N, H, hd).
+        scale: the logits' multiplier, hd^-0.5.
+
+    Returns:
+        (B, N, H, hd), as `ops.dot_product_attention(query, key, value,
+        scale=scale)` up to float rounding.
+
+    Example:
+    ```python
+    q = k = v = np.random.normal(size=(2, 257, 12, 64)).astype("float32")
+    out = attention_for_long_sequences(q, k, v, 64**-0.5)  # Keras's kernel
+    ```
+    """
+    _, length, num_heads, _ = query.shape
+    if None in (length, num_heads) or not splits_heads(length, num_heads):
+        return ops.dot_product_attention(query, key, value, scale=scale)
+    return attention_by_head_groups(query, key, value, scale)

@@ -20,12 +20,18 @@ ENVIRONMENT_VARIABLE = "KERAS_TIPSV2_KERNELS"
 
 # name -> (backends, what it does). Each applies on CPU-only hosts.
 KERNELS = {
-    # TensorFlow's XLA-compiled calls could take it too (1.13x at 448 px on
-    # the one CPU measured so far); it waits for a second CPU's A/B.
     "cpu_attention": (
-        ("jax",),
+        ("jax", "tensorflow"),
         "float32 image attention a few heads at a time under XLA (kernels.cpu_attention)",
     ),
+}
+
+# The image tower's attention per backend. On TensorFlow only long
+# sequences take the loop: on both Xeons measured it paid at 448 px and
+# never at 224 px, where one step holds all of an image's heads.
+_ATTENTION = {
+    "jax": cpu_attention.attention_by_head_groups,
+    "tensorflow": cpu_attention.attention_for_long_sequences,
 }
 
 _switched_off = set()
@@ -135,5 +141,5 @@ def attention_fn(dtype):
     """The image tower's `attention_fn` for compiled inference in `dtype`,
     or None for `ops.dot_product_attention`."""
     if active("cpu_attention") and keras.backend.standardize_dtype(dtype) == "float32":
-        return cpu_attention.attention_by_head_groups
+        return _ATTENTION[keras.config.backend()]
     return None
