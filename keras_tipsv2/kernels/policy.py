@@ -18,20 +18,21 @@ from keras_tipsv2.kernels import cpu_attention
 
 ENVIRONMENT_VARIABLE = "KERAS_TIPSV2_KERNELS"
 
-# name -> (backends, what it does). Each applies on CPU-only hosts.
-KERNELS = {
-    "cpu_attention": (
-        ("jax", "tensorflow"),
-        "float32 image attention a few heads at a time under XLA (kernels.cpu_attention)",
-    ),
-}
-
-# The image tower's attention per backend. On TensorFlow only long
-# sequences take the loop: on both Xeons measured it paid at 448 px and
-# never at 224 px, where one step holds all of an image's heads.
+# The image tower's attention per backend; its keys are the backends
+# `cpu_attention` runs on. On TensorFlow only long sequences take the loop:
+# on both Xeons measured it paid at 448 px and never at 224 px, where one
+# step holds all of an image's heads.
 _ATTENTION = {
     "jax": cpu_attention.attention_by_head_groups,
     "tensorflow": cpu_attention.attention_for_long_sequences,
+}
+
+# name -> (backends, what it does). Each applies on CPU-only hosts.
+KERNELS = {
+    "cpu_attention": (
+        tuple(_ATTENTION),
+        "float32 image attention a few heads at a time under XLA (kernels.cpu_attention)",
+    ),
 }
 
 _switched_off = set()
